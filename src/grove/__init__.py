@@ -1,0 +1,1 @@
+"""Grove: a log collector for security teams. This distribution provides its cache layer."""

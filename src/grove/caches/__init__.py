@@ -1,0 +1,153 @@
+"""Grove cache handlers.
+
+A cache is a key/value store keyed by a partition key (``pk``) and a sort key (``sk``),
+holding ``str`` values. Grove keeps its collection pointers, execution locks and
+deduplication hashes in one. Handlers are found by name in the ``grove.caches``
+entry-point group; :func:`load` picks one, the built-in ones and third-party ones alike.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from importlib.metadata import EntryPoint, entry_points
+from typing import ClassVar
+
+import pydantic
+
+from grove.exceptions import ConfigurationException
+
+__all__ = ["DEFAULT_HANDLER", "ENTRY_POINT_GROUP", "HANDLER_ENV", "BaseCache", "load", "names"]
+
+ENTRY_POINT_GROUP = "grove.caches"
+"""The entry-point group in which handlers are registered, by name."""
+
+HANDLER_ENV = "GROVE_CACHE_HANDLER"
+"""The environment variable that names the handler :func:`load` picks."""
+
+DEFAULT_HANDLER = "local_memory"
+"""The handler :func:`load` picks when nothing names one."""
+
+
+class BaseCache(abc.ABC):
+    """The interface every Grove cache handler implements.
+
+    A handler written against upstream Grove (a subclass implementing :meth:`get`,
+    :meth:`set` and :meth:`delete`) keeps working. The built-in handlers derive from
+    :class:`grove.caches.atomic.AtomicCache`, which enforces the shared key, value and
+    condition rules over a few atomic primitives.
+    """
+
+    max_value_bytes: ClassVar[int | None] = None
+    """The largest value, in bytes of UTF-8, that this handler stores; ``None`` when it
+    stores any size. The contract asks for at least 4 MiB; a handler that declares less
+    refuses larger values with ``ValueError``, and the conformance suite reports it."""
+
+    def setup(self) -> None:  # noqa: B027 - deliberately a no-op hook, not abstract.
+        """Prepare the handler once, after it was constructed.
+
+        Grove calls this once before the first call. The default does nothing; a handler
+        may open clients or check its storage here.
+
+        :raises ConfigurationException: The handler's configuration cannot work.
+        :raises AccessException: The storage could not be reached.
+        """
+
+    @abc.abstractmethod
+    def get(self, pk: str, sk: str) -> str:
+        """Gets the value for the given key from the cache.
+
+        If the implementation does not differentiate partition and sort keys, these values
+        should be combined in an appropriate way to form a cache key.
+
+        :param pk: Partition key of the value to retrieve.
+        :param sk: Sort key of the value to retrieve.
+        :raises NotFoundException: No value was found.
+        :return: The value from the cache.
+        """
+
+    @abc.abstractmethod
+    def set(
+        self,
+        pk: str,
+        sk: str,
+        value: str,
+        not_set: bool = False,
+        constraint: str | None = None,
+    ) -> None:
+        """Stores the value for the given key in a cache.
+
+        If the implementation does not differentiate partition and sort keys, these values
+        should be combined in an appropriate way to form a cache key.
+
+        :param pk: Partition key of the value to store.
+        :param sk: Sort key of the value to store.
+        :param value: Value to store.
+        :param not_set: Specifies whether the value must not already be set in the cache
+            for the set to be successful.
+        :param constraint: An optional condition to use set operation. If provided, the
+            currently cached value must match for the set to be successful.
+        :raises ValueError: An incompatible set of parameters were provided.
+        :raises DataFormatException: The provided constraint was not satisfied.
+        """
+
+    @abc.abstractmethod
+    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
+        """Deletes an entry with the given key from the cache.
+
+        If the implementation does not differentiate partition and sort keys, these values
+        should be combined in an appropriate way to form a cache key.
+
+        :param pk: Partition key of the value to delete.
+        :param sk: Sort key of the value to delete.
+        :param constraint: An optional condition to use during the delete. The value
+            provided as the condition must match for the delete to be successful.
+        :raises DataFormatException: The provided constraint was not satisfied.
+        """
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """List the names of the installed handlers, sorted.
+
+    :return: Every name registered in the ``grove.caches`` entry-point group.
+    """
+    return sorted(_entry_points())
+
+
+def load(name: str | None = None) -> BaseCache:
+    """Construct the named handler, call its :meth:`~BaseCache.setup`, and return it.
+
+    :param name: The handler's entry-point name, such as ``local_file``. When ``None``,
+        the environment variable ``GROVE_CACHE_HANDLER`` names it, else ``local_memory``.
+    :raises ConfigurationException: No handler has that name, its module cannot be
+        imported (a missing extra), or its configuration is missing or invalid.
+    :raises AccessException: The handler's storage could not be reached during setup.
+    :return: The ready handler.
+    """
+    if name is None:
+        name = os.environ.get(HANDLER_ENV, "").strip() or DEFAULT_HANDLER
+    installed = _entry_points()
+    entry = installed.get(name)
+    if entry is None:
+        raise ConfigurationException(
+            f"{HANDLER_ENV}: no cache handler named {name!r}; installed: "
+            + ", ".join(sorted(installed))
+        )
+    try:
+        handler_class = entry.load()
+    except ImportError as exc:
+        raise ConfigurationException(f"cache handler {name!r} cannot be imported: {exc}") from exc
+    if not (isinstance(handler_class, type) and issubclass(handler_class, BaseCache)):
+        raise ConfigurationException(
+            f"entry point {name!r} ({entry.value}) is not a grove.caches.BaseCache subclass"
+        )
+    try:
+        handler = handler_class()
+    except pydantic.ValidationError as exc:
+        raise ConfigurationException(f"cache handler {name!r} is misconfigured: {exc}") from exc
+    handler.setup()
+    return handler

@@ -1,0 +1,225 @@
+"""The public rules of every built-in handler, over a few atomic primitives.
+
+:class:`AtomicCache` implements :meth:`get`, :meth:`set` and :meth:`delete` once for all
+built-in handlers: argument checks, the key and value rules of
+:mod:`grove.caches.validation`, the meaning of ``not_set`` and ``constraint``, and the
+translation of driver errors into :class:`~grove.exceptions.AccessException`. A backend
+implements three primitives, each atomic by the backend's own mechanism (a lock, a
+conditional request, one SQL statement), and says how in its docstring:
+
+- :meth:`AtomicCache._read` returns the stored value or :data:`ABSENT`;
+- :meth:`AtomicCache._write` stores a value if the entry is as expected;
+- :meth:`AtomicCache._remove` removes an entry if it is as expected.
+
+Absence is the sentinel :data:`ABSENT`, never a falsy value: ``""`` is a stored value.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from typing import ClassVar, Final, Literal
+
+from typing_extensions import override
+
+from grove.caches import BaseCache
+from grove.caches.validation import check_key, check_value, entry_is_plain, key_is_plain
+from grove.exceptions import AccessException, DataFormatException, NotFoundException
+
+
+class Entry(enum.Enum):
+    """States of an entry that are not a stored value."""
+
+    ABSENT = "absent"
+    """No value is stored under the key."""
+
+    ANY = "any"
+    """Any state at all: an unconditional write or delete."""
+
+
+ABSENT: Final = Entry.ABSENT
+ANY: Final = Entry.ANY
+
+Stored = str | Literal[Entry.ABSENT]
+"""What :meth:`AtomicCache._read` finds: a value, or :data:`ABSENT`."""
+
+Expected = str | Literal[Entry.ABSENT, Entry.ANY]
+"""What a write requires of the entry: this exact value, :data:`ABSENT`, or :data:`ANY`."""
+
+_KEY_PREVIEW_CHARS = 80
+
+
+def describe_key(pk: str, sk: str) -> str:
+    """Name an entry in a message, shortening very long keys.
+
+    :param pk: The partition key.
+    :param sk: The sort key.
+    :return: For example ``pk='pointer.x' sk='op'``.
+    """
+
+    def preview(key: str) -> str:
+        if len(key) <= _KEY_PREVIEW_CHARS:
+            return repr(key)
+        return repr(key[:_KEY_PREVIEW_CHARS]) + f"... ({len(key)} characters)"
+
+    return f"pk={preview(pk)} sk={preview(sk)}"
+
+
+class AtomicCache(BaseCache):
+    """A cache whose public methods enforce the contract over three atomic primitives.
+
+    Subclasses set :attr:`driver_errors` to the exceptions their storage library raises
+    and implement :meth:`_read`, :meth:`_write`, :meth:`_remove` and :meth:`location`.
+    """
+
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """Exceptions of the storage library that mean the storage failed; the public methods
+    re-raise them as :class:`~grove.exceptions.AccessException` with the exception as
+    its cause."""
+
+    def location(self) -> str:
+        """Say where this handler keeps its entries, for messages.
+
+        :return: For example ``local_file cache at /var/lib/grove``.
+        """
+        return type(self).__module__
+
+    @abc.abstractmethod
+    def _read(self, pk: str, sk: str) -> Stored:
+        """Return the value stored under a key, or :data:`ABSENT`.
+
+        :param pk: The partition key, already checked.
+        :param sk: The sort key, already checked.
+        :return: The stored value, exactly as it was written, or :data:`ABSENT`.
+        """
+
+    @abc.abstractmethod
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+        """Store a value if the entry is as expected, as one atomic step.
+
+        :param pk: The partition key, already checked.
+        :param sk: The sort key, already checked.
+        :param value: The value to store, already checked.
+        :param expected: :data:`ANY` to write unconditionally, :data:`ABSENT` to write
+            only when no value is stored, or a value the stored one must equal.
+        :return: ``True`` when the value was stored, ``False`` when the entry was not as
+            expected (and nothing changed).
+        """
+
+    @abc.abstractmethod
+    def _remove(self, pk: str, sk: str, expected: str | Literal[Entry.ANY]) -> bool:
+        """Remove an entry if it is as expected, as one atomic step.
+
+        :param pk: The partition key, already checked.
+        :param sk: The sort key, already checked.
+        :param expected: :data:`ANY` to remove whatever is stored (an absent entry is not
+            an error), or a value the stored one must equal.
+        :return: ``True`` when the entry is gone, ``False`` when it was not as expected
+            (and nothing changed).
+        """
+
+    def _access_error(self, operation: str, pk: str, sk: str, exc: Exception) -> AccessException:
+        return AccessException(
+            f"{operation} of {describe_key(pk, sk)} failed in {self.location()}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    @override
+    def get(self, pk: str, sk: str) -> str:
+        """Retrieve the value stored under a key.
+
+        :param pk: Partition key of the value to retrieve.
+        :param sk: Sort key of the value to retrieve.
+        :raises TypeError: A key is not a ``str``.
+        :raises ValueError: A key breaks the key rules.
+        :raises NotFoundException: No value was found.
+        :raises AccessException: The storage failed.
+        :return: The value, exactly as it was stored.
+        """
+        if not key_is_plain(pk, sk):
+            check_key(pk, sk)
+        try:
+            value = self._read(pk, sk)
+        except self.driver_errors as exc:
+            raise self._access_error("get", pk, sk, exc) from exc
+        if value is ABSENT:
+            raise NotFoundException(f"no value for {describe_key(pk, sk)} in {self.location()}")
+        return value
+
+    @override
+    def set(
+        self,
+        pk: str,
+        sk: str,
+        value: str,
+        not_set: bool = False,
+        constraint: str | None = None,
+    ) -> None:
+        """Store a value under a key, optionally only if the entry is as expected.
+
+        :param pk: Partition key of the value to store.
+        :param sk: Sort key of the value to store.
+        :param value: Value to store.
+        :param not_set: Store only if no value is stored yet (``""`` is a stored value).
+        :param constraint: Store only if the stored value equals this one.
+        :raises TypeError: A key, the value or the constraint is not a ``str``.
+        :raises ValueError: A key or the value breaks the rules, or both ``not_set`` and
+            ``constraint`` were given.
+        :raises DataFormatException: The entry was not as expected; nothing changed.
+        :raises AccessException: The storage failed; nothing changed.
+        """
+        if not entry_is_plain(pk, sk, value, self.max_value_bytes):
+            check_key(pk, sk)
+            check_value(value, max_bytes=self.max_value_bytes)
+        expected: Expected
+        if constraint is not None:
+            if not_set:
+                raise ValueError("not_set and constraint cannot be used together")
+            check_value(constraint, max_bytes=None, what="constraint")
+            expected = constraint
+        elif not_set:
+            expected = ABSENT
+        else:
+            expected = ANY
+        try:
+            written = self._write(pk, sk, value, expected)
+        except self.driver_errors as exc:
+            raise self._access_error("set", pk, sk, exc) from exc
+        if not written:
+            reason = (
+                "a value is already stored (not_set)"
+                if expected is ABSENT
+                else "the stored value does not match the constraint, or none is stored"
+            )
+            raise DataFormatException(f"set of {describe_key(pk, sk)} refused: {reason}")
+
+    @override
+    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
+        """Remove the entry under a key, optionally only if its value is as expected.
+
+        Removing an absent entry without a constraint is not an error.
+
+        :param pk: Partition key of the value to delete.
+        :param sk: Sort key of the value to delete.
+        :param constraint: Remove only if the stored value equals this one.
+        :raises TypeError: A key or the constraint is not a ``str``.
+        :raises ValueError: A key breaks the key rules.
+        :raises DataFormatException: The stored value did not match the constraint, or
+            none is stored; nothing changed.
+        :raises AccessException: The storage failed; nothing changed.
+        """
+        if not key_is_plain(pk, sk):
+            check_key(pk, sk)
+        expected: str | Literal[Entry.ANY] = ANY
+        if constraint is not None:
+            check_value(constraint, max_bytes=None, what="constraint")
+            expected = constraint
+        try:
+            removed = self._remove(pk, sk, expected)
+        except self.driver_errors as exc:
+            raise self._access_error("delete", pk, sk, exc) from exc
+        if not removed:
+            raise DataFormatException(
+                f"delete of {describe_key(pk, sk)} refused: the stored value does not "
+                "match the constraint, or none is stored"
+            )

@@ -1,0 +1,119 @@
+"""The key and value rules that every built-in handler shares.
+
+Keys (``pk`` and ``sk``) are non-empty ``str`` of at most :data:`MAX_KEY_BYTES` bytes of
+UTF-8. Values and constraints are ``str``. Every string must be encodable as UTF-8, so a
+lone surrogate (which no backend can store byte for byte) is refused. A key or value that
+breaks a rule raises before any storage is touched: ``TypeError`` for a wrong type,
+``ValueError`` for a wrong content.
+"""
+
+from __future__ import annotations
+
+MAX_KEY_BYTES = 1024
+"""The largest key, in bytes of UTF-8, that every handler accepts."""
+
+# A str of at most this many characters is at most MAX_KEY_BYTES bytes of UTF-8 (a code
+# point takes at most four bytes), so short keys skip the encoding on the hot path.
+_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+
+
+def utf8_size(text: str, *, what: str) -> int:
+    """Return the size of ``text`` in bytes of UTF-8.
+
+    :param text: The string to measure.
+    :param what: How to name the string in an error message (``"pk"``, ``"value"``).
+    :raises ValueError: The string holds a lone surrogate, which UTF-8 cannot encode.
+    :return: The number of bytes.
+    """
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode (lone surrogate at index {exc.start})"
+        ) from exc
+
+
+def check_key(pk: object, sk: object) -> None:
+    """Check a partition key and a sort key against the key rules.
+
+    :param pk: The partition key.
+    :param sk: The sort key.
+    :raises TypeError: A key is not a ``str``.
+    :raises ValueError: A key is empty, longer than :data:`MAX_KEY_BYTES` bytes of UTF-8,
+        or not valid Unicode.
+    """
+    for name, key in (("pk", pk), ("sk", sk)):
+        if not isinstance(key, str):
+            raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+        if not key:
+            raise ValueError(f"{name} must not be empty")
+        if len(key) > _SHORT_KEY_CHARS or not key.isascii():
+            size = utf8_size(key, what=name)
+            if size > MAX_KEY_BYTES:
+                raise ValueError(f"{name} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
+
+
+def key_is_plain(pk: str, sk: str) -> bool:
+    """Tell whether both keys pass the rules without a closer look.
+
+    This is the hot-path test: ASCII keys of 1 to 256 characters, the keys Grove itself
+    writes. Any other key goes through :func:`check_key`.
+
+    :param pk: The partition key, known to be a ``str`` or not.
+    :param sk: The sort key, likewise.
+    :return: ``True`` when the keys are certainly valid.
+    """
+    return (
+        type(pk) is str
+        and type(sk) is str
+        and 0 < len(pk) <= _SHORT_KEY_CHARS
+        and 0 < len(sk) <= _SHORT_KEY_CHARS
+        and pk.isascii()
+        and sk.isascii()
+    )
+
+
+def entry_is_plain(pk: object, sk: object, value: object, max_bytes: int | None) -> bool:
+    """Tell whether both keys and a value pass the rules without a closer look.
+
+    The hot-path test of a write: :func:`key_is_plain` keys and an ASCII value within
+    ``max_bytes``. Anything else goes through :func:`check_key` and :func:`check_value`.
+
+    :param pk: The partition key.
+    :param sk: The sort key.
+    :param value: The value.
+    :param max_bytes: The handler's value limit in bytes, or ``None``.
+    :return: ``True`` when the keys and the value are certainly valid.
+    """
+    return (
+        type(pk) is str
+        and type(sk) is str
+        and type(value) is str
+        and 0 < len(pk) <= _SHORT_KEY_CHARS
+        and 0 < len(sk) <= _SHORT_KEY_CHARS
+        and pk.isascii()
+        and sk.isascii()
+        and value.isascii()
+        and (max_bytes is None or len(value) <= max_bytes)
+    )
+
+
+def check_value(value: object, *, max_bytes: int | None, what: str = "value") -> None:
+    """Check a value (or a constraint) against the value rules.
+
+    :param value: The value to check.
+    :param max_bytes: The largest value the handler stores, in bytes of UTF-8, or
+        ``None`` when it sets no limit.
+    :param what: How to name the value in an error message.
+    :raises TypeError: The value is not a ``str``.
+    :raises ValueError: The value is not valid Unicode, or larger than ``max_bytes``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    size = utf8_size(value, what=what)
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(
+            f"{what} is {size} bytes of UTF-8; this handler stores at most {max_bytes}"
+        )
