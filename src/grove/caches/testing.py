@@ -1,0 +1,768 @@
+"""The conformance suite: every handler must pass it, built-in or third-party.
+
+It checks the contract of ``DESIGN.md`` on a real handler: every row of the semantics
+table, the key and value rules, the error types, a property-based comparison with a dict
+model, and contention between threads (and, for stores shared between processes,
+between processes). It needs ``pytest`` and ``hypothesis`` (the ``test`` extra).
+
+Use it from a handler's own tests by subclassing and providing a ``cache`` fixture that
+yields a ready handler::
+
+    import pytest
+    from grove.caches.testing import CacheConformance
+
+    class TestMyHandler(CacheConformance):
+        @pytest.fixture
+        def cache(self, tmp_path):
+            return MyHandler(MyConfiguration(path=str(tmp_path)))
+
+A handler whose store is shared between processes subclasses
+:class:`SharedCacheConformance` instead and also provides ``cache_factory``: a picklable
+callable (a module-level function or a :func:`functools.partial` of one) that returns a
+ready handler on the same store, called once in every worker process.
+
+Every test writes under a fresh partition key, so the fixture may return a handler on a
+store that other tests share. Class attributes scale the contention tests to a slow
+backend. A handler that declares :attr:`~grove.caches.BaseCache.max_value_bytes` below
+the contract's 4 MiB is checked to refuse larger values; the gap is printed, and listed
+at the end of the run when ``pytest_plugins = ["grove.caches.testing"]`` is in a
+``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import multiprocessing
+import queue
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+from grove.caches import BaseCache
+from grove.caches.validation import MAX_KEY_BYTES
+from grove.exceptions import DataFormatException, NotFoundException
+
+__all__ = [
+    "CONTRACT_VALUE_BYTES",
+    "HOSTILE_KEYS",
+    "CacheConformance",
+    "SharedCacheConformance",
+]
+
+CONTRACT_VALUE_BYTES = 4 * 1024 * 1024
+"""The value size, in bytes of UTF-8, that every built-in handler stores."""
+
+HOSTILE_KEYS: tuple[str, ...] = (
+    "plain",
+    "with space",
+    "a/b",
+    "/leading-slash",
+    "trailing-slash/",
+    "back\\slash",
+    ".",
+    "..",
+    "../escape",
+    "../../../../../../tmp/escape",
+    ".hidden",
+    "%2F",
+    "%",
+    "100%",
+    "nul\x00byte",
+    "new\nline",
+    "tab\tand\rreturn",
+    "CaseSensitive",
+    "casesensitive",
+    "emoji \U0001f332",
+    "\u00e9t\u00e9",
+    "e\u0301te\u0301",
+    "CON",
+    "aux.txt",
+    "name.cache",
+    "~",
+    "*?<>|:\"'",
+    "\u202eright-to-left",
+)
+"""Keys that break naive storage layouts: path separators, dots, escapes, control
+characters, case-only differences, Unicode normalisation variants, reserved names."""
+
+_declared_limits: dict[str, int] = {}
+
+
+def _limit_report(handler_class: type[BaseCache], limit: int) -> str:
+    return (
+        f"{handler_class.__module__}.{handler_class.__qualname__} declares "
+        f"max_value_bytes={limit}, below the contract's {CONTRACT_VALUE_BYTES}"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List the value limits that handlers declared below the contract.
+
+    :param terminalreporter: pytest's terminal reporter.
+    """
+    if _declared_limits:
+        terminalreporter.section("grove.caches conformance: declared limits")
+        for name, limit in sorted(_declared_limits.items()):
+            terminalreporter.write_line(f"{name}: max_value_bytes={limit} (contract: 4 MiB)")
+
+
+def _fresh_pk(label: str = "conformance") -> str:
+    return f"{label}.{uuid.uuid4().hex}"
+
+
+def _random_text(size: int, seed: int) -> str:
+    """Return incompressible ASCII text of exactly ``size`` characters."""
+    raw = random.Random(seed).randbytes(size * 3 // 4 + 3)
+    return base64.b64encode(raw).decode("ascii")[:size]
+
+
+def _increment_until(cache: BaseCache, pk: str, sk: str, count: int) -> int:
+    """Add one to the counter at pk/sk ``count`` times by compare-and-set.
+
+    :return: How many attempts lost a race and were retried.
+    """
+    done = 0
+    conflicts = 0
+    while done < count:
+        current = cache.get(pk, sk)
+        try:
+            cache.set(pk, sk, str(int(current) + 1), constraint=current)
+        except DataFormatException:
+            conflicts += 1
+        else:
+            done += 1
+    return conflicts
+
+
+def _process_increments(
+    factory: Callable[[], BaseCache],
+    pk: str,
+    sk: str,
+    count: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    cache = factory()
+    barrier.wait()
+    _increment_until(cache, pk, sk, count)
+    results.put("done")
+
+
+def _process_not_set_race(
+    factory: Callable[[], BaseCache],
+    pk: str,
+    sk: str,
+    token: str,
+    barrier: Any,
+    results: Any,
+) -> None:
+    cache = factory()
+    barrier.wait()
+    try:
+        cache.set(pk, sk, token, not_set=True)
+    except DataFormatException:
+        results.put(("lost", token))
+    else:
+        results.put(("won", token))
+
+
+class CacheConformance:
+    """The contract, as tests. Subclass it and provide a ``cache`` fixture."""
+
+    thread_workers: ClassVar[int] = 8
+    """Threads in the compare-and-set increment test."""
+
+    thread_increments: ClassVar[int] = 200
+    """Increments each of those threads makes."""
+
+    thread_racers: ClassVar[int] = 50
+    """Threads racing ``not_set=True`` for one key (Grove's default worker count)."""
+
+    stateful_examples: ClassVar[int] = 40
+    """Hypothesis examples (runs of up to 30 steps) compared against the dict model."""
+
+    @pytest.fixture
+    def cache(self) -> BaseCache:
+        """A ready handler. Override this fixture in the subclass."""
+        raise NotImplementedError("define a `cache` fixture that returns a ready handler")
+
+    @pytest.fixture
+    def pk(self) -> str:
+        """A partition key no other test uses."""
+        return _fresh_pk()
+
+    # -- get -------------------------------------------------------------------------
+
+    def test_get_absent_raises_not_found(self, cache: BaseCache, pk: str) -> None:
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "absent")
+
+    def test_set_then_get_returns_the_value(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "sk", "2024-01-01T00:00:00Z")
+        assert cache.get(pk, "sk") == "2024-01-01T00:00:00Z"
+
+    def test_empty_string_is_a_stored_value(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "sk", "")
+        assert cache.get(pk, "sk") == ""
+
+    def test_set_overwrites(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "sk", "old")
+        cache.set(pk, "sk", "new")
+        assert cache.get(pk, "sk") == "new"
+
+    def test_sort_keys_of_one_partition_are_separate(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "a", "1")
+        cache.set(pk, "b", "2")
+        cache.delete(pk, "a")
+        assert cache.get(pk, "b") == "2"
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "a")
+
+    # -- not_set ---------------------------------------------------------------------
+
+    def test_not_set_stores_when_absent(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "mine", not_set=True)
+        assert cache.get(pk, "lock") == "mine"
+
+    def test_not_set_refuses_when_present(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "theirs")
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "lock", "mine", not_set=True)
+        assert cache.get(pk, "lock") == "theirs"
+
+    def test_not_set_refuses_when_empty_string_stored(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "")
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "lock", "mine", not_set=True)
+        assert cache.get(pk, "lock") == ""
+
+    def test_not_set_after_delete_stores(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "old", not_set=True)
+        cache.delete(pk, "lock")
+        cache.set(pk, "lock", "new", not_set=True)
+        assert cache.get(pk, "lock") == "new"
+
+    # -- constraint ------------------------------------------------------------------
+
+    def test_constraint_stores_when_equal(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "pointer", "1")
+        cache.set(pk, "pointer", "2", constraint="1")
+        assert cache.get(pk, "pointer") == "2"
+
+    def test_constraint_refuses_when_different(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "pointer", "1")
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "pointer", "2", constraint="0")
+        assert cache.get(pk, "pointer") == "1"
+
+    def test_constraint_refuses_when_absent(self, cache: BaseCache, pk: str) -> None:
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "pointer", "2", constraint="1")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "pointer")
+
+    def test_empty_constraint_matches_only_empty_value(self, cache: BaseCache, pk: str) -> None:
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "pointer", "x", constraint="")
+        cache.set(pk, "pointer", "")
+        cache.set(pk, "pointer", "x", constraint="")
+        assert cache.get(pk, "pointer") == "x"
+        with pytest.raises(DataFormatException):
+            cache.set(pk, "pointer", "y", constraint="")
+
+    def test_constraint_compares_exactly(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "pointer", "Value\n")
+        for near_miss in ("Value", "value\n", "Value\r\n", " Value\n", "Value\n "):
+            with pytest.raises(DataFormatException):
+                cache.set(pk, "pointer", "other", constraint=near_miss)
+        assert cache.get(pk, "pointer") == "Value\n"
+
+    @pytest.mark.parametrize("stored", [None, "", "1"], ids=["absent", "empty", "value"])
+    def test_not_set_with_constraint_is_a_value_error(
+        self, cache: BaseCache, pk: str, stored: str | None
+    ) -> None:
+        if stored is not None:
+            cache.set(pk, "sk", stored)
+        with pytest.raises(ValueError, match="not_set"):
+            cache.set(pk, "sk", "2", not_set=True, constraint=stored or "1")
+        if stored is None:
+            with pytest.raises(NotFoundException):
+                cache.get(pk, "sk")
+        else:
+            assert cache.get(pk, "sk") == stored
+
+    # -- delete ----------------------------------------------------------------------
+
+    def test_delete_absent_is_not_an_error(self, cache: BaseCache, pk: str) -> None:
+        cache.delete(pk, "absent")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "absent")
+
+    def test_delete_removes(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "sk", "v")
+        cache.delete(pk, "sk")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "sk")
+
+    def test_delete_with_constraint_removes_when_equal(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "mine")
+        cache.delete(pk, "lock", constraint="mine")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "lock")
+
+    def test_delete_with_constraint_refuses_when_different(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "theirs")
+        with pytest.raises(DataFormatException):
+            cache.delete(pk, "lock", constraint="mine")
+        assert cache.get(pk, "lock") == "theirs"
+
+    def test_delete_with_constraint_refuses_when_absent(self, cache: BaseCache, pk: str) -> None:
+        with pytest.raises(DataFormatException):
+            cache.delete(pk, "lock", constraint="mine")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "lock")
+
+    def test_delete_with_empty_constraint(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "lock", "x")
+        with pytest.raises(DataFormatException):
+            cache.delete(pk, "lock", constraint="")
+        cache.set(pk, "lock", "")
+        cache.delete(pk, "lock", constraint="")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "lock")
+
+    # -- keys ------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", HOSTILE_KEYS)
+    def test_hostile_key_round_trips(self, cache: BaseCache, pk: str, key: str) -> None:
+        cache.set(pk + key, key, f"pk-suffix={key}")
+        cache.set(pk, key, f"sk={key}")
+        assert cache.get(pk + key, key) == f"pk-suffix={key}"
+        assert cache.get(pk, key) == f"sk={key}"
+        cache.set(pk, key, "next", constraint=f"sk={key}")
+        cache.delete(pk, key, constraint="next")
+        with pytest.raises(NotFoundException):
+            cache.get(pk, key)
+        assert cache.get(pk + key, key) == f"pk-suffix={key}"
+
+    def test_hostile_keys_never_collide(self, cache: BaseCache, pk: str) -> None:
+        for index, key in enumerate(HOSTILE_KEYS):
+            cache.set(pk, key, str(index))
+        for index, key in enumerate(HOSTILE_KEYS):
+            assert cache.get(pk, key) == str(index), key
+
+    @pytest.mark.parametrize(
+        ("left", "right"),
+        [
+            (("a/b", "c"), ("a", "b/c")),
+            (("x", "a.cache"), ("x", "a")),
+            (("x", "%2F"), ("x", "/")),
+            (("x", "%252F"), ("x", "%2F")),
+            (("p", "Key"), ("p", "key")),
+            (("p", "\u00e9"), ("p", "e\u0301")),
+        ],
+        ids=["slash-shift", "suffix", "escape", "double-escape", "case", "nfc"],
+    )
+    def test_similar_keys_are_distinct(
+        self,
+        cache: BaseCache,
+        pk: str,
+        left: tuple[str, str],
+        right: tuple[str, str],
+    ) -> None:
+        entries = [(pk + left[0], left[1]), (pk + right[0], right[1])]
+        for index, (entry_pk, entry_sk) in enumerate(entries):
+            cache.set(entry_pk, entry_sk, str(index))
+        for index, (entry_pk, entry_sk) in enumerate(entries):
+            assert cache.get(entry_pk, entry_sk) == str(index)
+
+    @pytest.mark.parametrize(
+        "unit",
+        ["k", "\u00e9", "\u20ac", "\U0001f332"],
+        ids=["1-byte", "2-byte", "3-byte", "4-byte"],
+    )
+    def test_longest_keys_round_trip(self, cache: BaseCache, unit: str) -> None:
+        def exactly_max_bytes(start: str) -> str:
+            units = (MAX_KEY_BYTES - len(start)) // len(unit.encode("utf-8"))
+            key = start + unit * units
+            return key + "k" * (MAX_KEY_BYTES - len(key.encode("utf-8")))
+
+        longest = exactly_max_bytes("")
+        # The sort key makes the entry unique; it is at the limit too.
+        sort_key = exactly_max_bytes(uuid.uuid4().hex)
+        assert len(longest.encode()) == len(sort_key.encode()) == MAX_KEY_BYTES
+        cache.set(longest, sort_key, "v")
+        assert cache.get(longest, sort_key) == "v"
+        cache.delete(longest, sort_key)
+        with pytest.raises(NotFoundException):
+            cache.get(longest, sort_key)
+
+    @pytest.mark.parametrize(
+        "bad_key",
+        ["", "k" * (MAX_KEY_BYTES + 1), "\U0001f332" * 256 + "k", "lone\ud800surrogate"],
+        ids=["empty", "1025-ascii", "1025-utf8", "surrogate"],
+    )
+    def test_invalid_key_is_a_value_error(self, cache: BaseCache, pk: str, bad_key: str) -> None:
+        for call in (
+            lambda: cache.get(pk, bad_key),
+            lambda: cache.get(bad_key, "sk"),
+            lambda: cache.set(pk, bad_key, "v"),
+            lambda: cache.set(bad_key, "sk", "v", not_set=True),
+            lambda: cache.delete(pk, bad_key),
+            lambda: cache.delete(bad_key, "sk", constraint="v"),
+        ):
+            with pytest.raises(ValueError):
+                call()
+
+    @pytest.mark.parametrize("bad", [None, 1, b"bytes", ["list"]], ids=repr)
+    def test_non_string_arguments_are_type_errors(
+        self, cache: BaseCache, pk: str, bad: Any
+    ) -> None:
+        cache.set(pk, "sk", "v")
+        for call in (
+            lambda: cache.get(bad, "sk"),
+            lambda: cache.get(pk, bad),
+            lambda: cache.set(bad, "sk", "v"),
+            lambda: cache.set(pk, bad, "v"),
+            lambda: cache.delete(bad, "sk"),
+            lambda: cache.delete(pk, bad),
+        ):
+            with pytest.raises(TypeError):
+                call()
+        if bad is not None:  # None is a valid (absent) constraint
+            with pytest.raises(TypeError):
+                cache.set(pk, "sk", "w", constraint=bad)
+            with pytest.raises(TypeError):
+                cache.delete(pk, "sk", constraint=bad)
+            with pytest.raises(TypeError):
+                cache.set(pk, "sk", bad)
+        assert cache.get(pk, "sk") == "v"
+
+    def test_value_error_changes_nothing(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "sk", "v")
+        with pytest.raises(ValueError):
+            cache.set(pk, "sk", "bad\udc80value")
+        assert cache.get(pk, "sk") == "v"
+
+    # -- values ----------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "",
+            " ",
+            "line\nbreak",
+            "crlf\r\nline",
+            "lone\rreturn",
+            "nul\x00inside",
+            "trailing newline\n",
+            "\ufeffbyte order mark",
+            "\u00e9t\u00e9 \u20ac \U0001f332 \u4e2d\u6587",
+            "e\u0301",
+            '{"json": ["list", 1, null]}',
+            "\\x00 not an escape",
+        ],
+        ids=repr,
+    )
+    def test_value_round_trips_exactly(self, cache: BaseCache, pk: str, value: str) -> None:
+        cache.set(pk, "sk", value)
+        assert cache.get(pk, "sk") == value
+        cache.set(pk, "sk", value + "!", constraint=value)
+        assert cache.get(pk, "sk") == value + "!"
+
+    def test_large_values_round_trip_or_are_refused(self, cache: BaseCache, pk: str) -> None:
+        limit = type(cache).max_value_bytes
+        if limit is not None and limit < CONTRACT_VALUE_BYTES:
+            report = _limit_report(type(cache), limit)
+            _declared_limits[f"{type(cache).__module__}.{type(cache).__qualname__}"] = limit
+            print(report)
+            cache.set(pk, "big", "small")
+            for too_big in ("x" * (limit + 1), "\u00e9" * (limit // 2 + 1)):
+                with pytest.raises(ValueError, match=str(limit)):
+                    cache.set(pk, "big", too_big)
+                with pytest.raises(ValueError):
+                    cache.set(pk, "new", too_big, not_set=True)
+            assert cache.get(pk, "big") == "small"
+            with pytest.raises(NotFoundException):
+                cache.get(pk, "new")
+            sizes = [limit]
+        else:
+            sizes = [CONTRACT_VALUE_BYTES]
+        for size in sizes:
+            for value in (
+                _random_text(size, seed=size),
+                "\u00e9" * (size // 2),
+                "\U0001f332" * (size // 4),
+            ):
+                cache.set(pk, "big", value)
+                assert cache.get(pk, "big") == value
+                cache.set(pk, "big", "after", constraint=value)
+                assert cache.get(pk, "big") == "after"
+                cache.set(pk, "big", value)
+                cache.delete(pk, "big", constraint=value)
+
+    # -- against a model -------------------------------------------------------------
+
+    def test_behaves_like_a_dict(self, cache: BaseCache) -> None:
+        run_state_machine_as_test(
+            type("DictModelOfHandler", (_DictModel,), {"cache": cache}),
+            settings=settings(
+                max_examples=self.stateful_examples,
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+
+    # -- contention between threads --------------------------------------------------
+
+    def test_threads_compare_and_set_lose_no_update(self, cache: BaseCache, pk: str) -> None:
+        cache.set(pk, "counter", "0")
+        barrier = threading.Barrier(self.thread_workers)
+
+        def work() -> int:
+            barrier.wait()
+            return _increment_until(cache, pk, "counter", self.thread_increments)
+
+        with ThreadPoolExecutor(self.thread_workers) as pool:
+            futures = [pool.submit(work) for _ in range(self.thread_workers)]
+            for future in futures:
+                future.result()
+        assert int(cache.get(pk, "counter")) == self.thread_workers * self.thread_increments
+
+    def test_threads_racing_not_set_have_one_winner(self, cache: BaseCache, pk: str) -> None:
+        barrier = threading.Barrier(self.thread_racers)
+
+        def race(token: str) -> bool:
+            barrier.wait()
+            try:
+                cache.set(pk, "lock", token, not_set=True)
+            except DataFormatException:
+                return False
+            return True
+
+        with ThreadPoolExecutor(self.thread_racers) as pool:
+            tokens = [f"worker-{index}" for index in range(self.thread_racers)]
+            outcomes = dict(zip(tokens, pool.map(race, tokens), strict=True))
+        winners = [token for token, won in outcomes.items() if won]
+        assert len(winners) == 1, winners
+        assert cache.get(pk, "lock") == winners[0]
+
+    def test_threads_racing_conditional_delete_have_one_winner(
+        self, cache: BaseCache, pk: str
+    ) -> None:
+        cache.set(pk, "lock", "held")
+        barrier = threading.Barrier(self.thread_workers)
+
+        def release() -> bool:
+            barrier.wait()
+            try:
+                cache.delete(pk, "lock", constraint="held")
+            except DataFormatException:
+                return False
+            return True
+
+        with ThreadPoolExecutor(self.thread_workers) as pool:
+            outcomes = [
+                f.result() for f in [pool.submit(release) for _ in range(self.thread_workers)]
+            ]
+        assert outcomes.count(True) == 1
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "lock")
+
+    def test_lock_protocol_serialises_threads(self, cache: BaseCache, pk: str) -> None:
+        """Grove's execution lock: take with not_set, work, release with constraint."""
+        cache.set(pk, "pointer", "0")
+        rounds = max(1, self.thread_increments // 10)
+
+        def collector(name: str) -> None:
+            taken = 0
+            while taken < rounds:
+                try:
+                    cache.set(pk, "lock", name, not_set=True)
+                except DataFormatException:
+                    continue
+                # Inside the lock a plain read-modify-write is safe.
+                cache.set(pk, "pointer", str(int(cache.get(pk, "pointer")) + 1))
+                cache.delete(pk, "lock", constraint=name)
+                taken += 1
+
+        with ThreadPoolExecutor(self.thread_workers) as pool:
+            futures = [pool.submit(collector, f"c{i}") for i in range(self.thread_workers)]
+            for future in futures:
+                future.result()
+        assert int(cache.get(pk, "pointer")) == self.thread_workers * rounds
+        with pytest.raises(NotFoundException):
+            cache.get(pk, "lock")
+
+
+class SharedCacheConformance(CacheConformance):
+    """The contract for stores shared between processes: adds process contention.
+
+    Provide ``cache_factory`` besides ``cache``: a picklable callable that returns a
+    ready handler on the same store as ``cache``.
+    """
+
+    process_workers: ClassVar[int] = 4
+    """Processes in the compare-and-set increment test."""
+
+    process_increments: ClassVar[int] = 500
+    """Increments each of those processes makes."""
+
+    process_racers: ClassVar[int] = 8
+    """Processes racing ``not_set=True`` for one key."""
+
+    process_timeout: ClassVar[float] = 300.0
+    """Seconds the process tests wait for their workers before they fail."""
+
+    @pytest.fixture
+    def cache_factory(self) -> Callable[[], BaseCache]:
+        """A picklable callable that returns a ready handler. Override in the subclass."""
+        raise NotImplementedError("define a `cache_factory` fixture")
+
+    def _run_processes(
+        self, target: Callable[..., None], argument_sets: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """Start one spawned process per argument set, all released by one barrier."""
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(len(argument_sets))
+        results = context.Queue()
+        processes = [
+            context.Process(target=target, args=(*arguments, barrier, results), daemon=True)
+            for arguments in argument_sets
+        ]
+        for process in processes:
+            process.start()
+        collected: list[Any] = []
+        try:
+            for _ in processes:
+                collected.append(results.get(timeout=self.process_timeout))
+        except queue.Empty:
+            pytest.fail(f"only {len(collected)} of {len(processes)} worker processes reported")
+        finally:
+            for process in processes:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        assert [process.exitcode for process in processes] == [0] * len(processes)
+        return collected
+
+    def test_processes_compare_and_set_lose_no_update(
+        self, cache: BaseCache, cache_factory: Callable[[], BaseCache], pk: str
+    ) -> None:
+        cache.set(pk, "counter", "0")
+        self._run_processes(
+            _process_increments,
+            [(cache_factory, pk, "counter", self.process_increments)] * self.process_workers,
+        )
+        expected = self.process_workers * self.process_increments
+        assert int(cache.get(pk, "counter")) == expected
+
+    def test_processes_racing_not_set_have_one_winner(
+        self, cache: BaseCache, cache_factory: Callable[[], BaseCache], pk: str
+    ) -> None:
+        outcomes = self._run_processes(
+            _process_not_set_race,
+            [(cache_factory, pk, "lock", f"process-{i}") for i in range(self.process_racers)],
+        )
+        winners = [token for outcome, token in outcomes if outcome == "won"]
+        assert len(winners) == 1, outcomes
+        assert cache.get(pk, "lock") == winners[0]
+
+
+_KEY_POOL = ("a", "b", "a/b", "..", "\U0001f332", "A")
+_VALUES = st.sampled_from(["", "0", "1", "x\n", "\u00e9"]) | st.text(
+    st.characters(codec="utf-8"), max_size=20
+)
+
+
+class _DictModel(RuleBasedStateMachine):
+    """Drives a handler and a dict with the same calls and compares every outcome."""
+
+    cache: ClassVar[BaseCache]
+    """The handler under test, set on a subclass made for each test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = _fresh_pk("model") + "."
+        self.model: dict[tuple[str, str], str] = {}
+
+    def _key(self, pk: str, sk: str) -> tuple[str, str]:
+        return (self.prefix + pk, sk)
+
+    @rule(pk=st.sampled_from(_KEY_POOL), sk=st.sampled_from(_KEY_POOL))
+    def get(self, pk: str, sk: str) -> None:
+        key = self._key(pk, sk)
+        if key in self.model:
+            assert self.cache.get(*key) == self.model[key]
+        else:
+            with pytest.raises(NotFoundException):
+                self.cache.get(*key)
+
+    @rule(pk=st.sampled_from(_KEY_POOL), sk=st.sampled_from(_KEY_POOL), value=_VALUES)
+    def set(self, pk: str, sk: str, value: str) -> None:
+        key = self._key(pk, sk)
+        self.cache.set(*key, value)
+        self.model[key] = value
+
+    @rule(pk=st.sampled_from(_KEY_POOL), sk=st.sampled_from(_KEY_POOL), value=_VALUES)
+    def set_not_set(self, pk: str, sk: str, value: str) -> None:
+        key = self._key(pk, sk)
+        if key in self.model:
+            with pytest.raises(DataFormatException):
+                self.cache.set(*key, value, not_set=True)
+        else:
+            self.cache.set(*key, value, not_set=True)
+            self.model[key] = value
+
+    @rule(
+        pk=st.sampled_from(_KEY_POOL),
+        sk=st.sampled_from(_KEY_POOL),
+        value=_VALUES,
+        guess=_VALUES,
+        use_current=st.booleans(),
+    )
+    def set_constraint(self, pk: str, sk: str, value: str, guess: str, use_current: bool) -> None:
+        key = self._key(pk, sk)
+        constraint = self.model.get(key, guess) if use_current else guess
+        if self.model.get(key) == constraint:
+            self.cache.set(*key, value, constraint=constraint)
+            self.model[key] = value
+        else:
+            with pytest.raises(DataFormatException):
+                self.cache.set(*key, value, constraint=constraint)
+
+    @rule(pk=st.sampled_from(_KEY_POOL), sk=st.sampled_from(_KEY_POOL))
+    def delete(self, pk: str, sk: str) -> None:
+        key = self._key(pk, sk)
+        self.cache.delete(*key)
+        self.model.pop(key, None)
+
+    @rule(
+        pk=st.sampled_from(_KEY_POOL),
+        sk=st.sampled_from(_KEY_POOL),
+        guess=_VALUES,
+        use_current=st.booleans(),
+    )
+    def delete_constraint(self, pk: str, sk: str, guess: str, use_current: bool) -> None:
+        key = self._key(pk, sk)
+        constraint = self.model.get(key, guess) if use_current else guess
+        if self.model.get(key) == constraint:
+            self.cache.delete(*key, constraint=constraint)
+            del self.model[key]
+        else:
+            with pytest.raises(DataFormatException):
+                self.cache.delete(*key, constraint=constraint)
+
+    def teardown(self) -> None:
+        for key in self.model:
+            self.cache.delete(*key)
