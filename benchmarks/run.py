@@ -1,0 +1,68 @@
+"""Run the benchmarks: ``python -m benchmarks.run [HANDLER ...] [--keys N ...]``.
+
+Prints, per handler and operation, ops/s and p50/p99 latency beside the floor measured in
+the same run, the ratio, and whether it meets the handler's target. Timings never fail
+anything: the exit code is 0 unless the benchmark itself breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from benchmarks.suite import Suite
+from grove.caches.benchmark import compare, format_table, measure
+
+HANDLERS = ("local_memory",)
+"""Handlers with a module of the same name in this folder."""
+
+
+def run_suite(suite: Suite) -> str:
+    """Measure one suite and render its table with the targets.
+
+    :param suite: What to measure.
+    :return: The report text.
+    """
+    subjects = {"handler": suite.subject(), "floor": suite.floor()}
+    subjects.update({name: make() for name, make in suite.extra_floors.items()})
+    results = measure(subjects, suite.workload)
+    lines = [format_table("handler", "floor", results).replace("handler vs floor", suite.title)]
+    for name in suite.extra_floors:
+        ratios = compare("handler", name, results)
+        lines.append(
+            f"  vs {name}: " + ", ".join(f"{op} {ratio:.2f}" for op, ratio in ratios.items())
+        )
+    ratios = compare("handler", "floor", results)
+    for operation, target in suite.targets.items():
+        verdict = "meets" if ratios[operation] >= target else "BELOW"
+        lines.append(
+            f"  target {operation} >= {target:.2f}x floor: {verdict} ({ratios[operation]:.2f})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and print a report for each chosen handler.
+
+    :param argv: The arguments, without the program name.
+    :return: The exit code.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("handlers", nargs="*", choices=[*HANDLERS, []], help="default: all")
+    parser.add_argument(
+        "--keys", type=int, action="append", help="store sizes to measure (default: 1000)"
+    )
+    arguments = parser.parse_args(argv)
+    for handler in arguments.handlers or HANDLERS:
+        module = importlib.import_module(f"benchmarks.{handler}")
+        for keys in arguments.keys or [1_000]:
+            for suite in module.suites(keys):
+                print(run_suite(suite), flush=True)
+                print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

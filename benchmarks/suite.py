@@ -1,0 +1,28 @@
+"""What one handler's benchmark module provides: subjects, their floor and the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from grove.caches.benchmark import KeyValue, Workload
+
+
+@dataclass
+class Suite:
+    """One table of the report: a handler (or a setting of it) beside its floor.
+
+    :param title: What the table measures, e.g. ``local_file fsync=off, 1,000 keys``.
+    :param subject: Makes the handler under test, empty.
+    :param floor: Makes the floor, empty, on the same kind of storage.
+    :param workload: Sizes and counts for this table.
+    :param targets: Operation to the least acceptable throughput ratio subject/floor.
+    :param extra_floors: More references measured in the same run, shown as ratios too.
+    """
+
+    title: str
+    subject: Callable[[], KeyValue]
+    floor: Callable[[], KeyValue]
+    workload: Workload
+    targets: dict[str, float] = field(default_factory=dict)
+    extra_floors: dict[str, Callable[[], KeyValue]] = field(default_factory=dict)

@@ -1,0 +1,25 @@
+"""The benchmark harness measures what it says and leaves the store as it found it."""
+
+from benchmarks.local_memory import LockedDict
+from grove.caches.benchmark import OPERATIONS, Workload, compare, format_table, measure
+from grove.caches.local_memory import Handler
+
+
+def test_measure_reports_every_operation_and_restores_the_store() -> None:
+    handler = Handler()
+    results = measure(
+        {"handler": handler, "floor": LockedDict()},
+        Workload(keys=50, calls=200, repeats=2),
+    )
+    for name in ("handler", "floor"):
+        assert list(results[name]) == list(OPERATIONS)
+        for measurement in results[name].values():
+            assert measurement.ops_per_second > 0
+            assert 0 < measurement.p50_us <= measurement.p99_us
+    # Only the populated keys remain: fresh keys were cleaned up after each run.
+    assert sum(len(partition) for partition in handler._partitions.values()) == 50
+    ratios = compare("handler", "floor", results)
+    assert set(ratios) == set(OPERATIONS)
+    table = format_table("handler", "floor", results)
+    assert "compare-and-set" in table
+    assert "ratio" in table
