@@ -159,11 +159,15 @@ def test_upstream_style_handler_still_works() -> None:
     handler.set("pk", "sk", "v")
     assert handler.get("pk", "sk") == "v"
     assert Upstream.max_value_bytes is None
+    assert not Upstream.supports_listing()
+    with pytest.raises(NotImplementedError, match="cannot list entries"):
+        handler.entries()
 
 
 def test_public_api_is_pinned() -> None:
     assert set(grove.caches.__all__) == {
         "BaseCache",
+        "CacheEntry",
         "DEFAULT_HANDLER",
         "ENTRY_POINT_GROUP",
         "HANDLER_ENV",
@@ -176,4 +180,6 @@ def test_public_api_is_pinned() -> None:
         "delete",
         "setup",
         "max_value_bytes",
+        "entries",
+        "supports_listing",
     }

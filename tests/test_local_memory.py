@@ -3,10 +3,10 @@
 import pytest
 
 from grove.caches.local_memory import Handler
-from grove.caches.testing import CacheConformance
+from grove.caches.testing import CacheConformance, ListingConformance
 
 
-class TestLocalMemoryConformance(CacheConformance):
+class TestLocalMemoryConformance(CacheConformance, ListingConformance):
     @pytest.fixture
     def cache(self) -> Handler:
         return Handler()

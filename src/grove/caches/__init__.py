@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Iterator
 from importlib.metadata import EntryPoint, entry_points
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import pydantic
 
 from grove.exceptions import ConfigurationException
 
-__all__ = ["DEFAULT_HANDLER", "ENTRY_POINT_GROUP", "HANDLER_ENV", "BaseCache", "load", "names"]
+__all__ = [
+    "DEFAULT_HANDLER",
+    "ENTRY_POINT_GROUP",
+    "HANDLER_ENV",
+    "BaseCache",
+    "CacheEntry",
+    "load",
+    "names",
+]
 
 ENTRY_POINT_GROUP = "grove.caches"
 """The entry-point group in which handlers are registered, by name."""
@@ -27,6 +36,14 @@ HANDLER_ENV = "GROVE_CACHE_HANDLER"
 
 DEFAULT_HANDLER = "local_memory"
 """The handler :func:`load` picks when nothing names one."""
+
+
+class CacheEntry(NamedTuple):
+    """One stored entry, as :meth:`BaseCache.entries` yields it."""
+
+    pk: str
+    sk: str
+    value: str
 
 
 class BaseCache(abc.ABC):
@@ -104,6 +121,36 @@ class BaseCache(abc.ABC):
             provided as the condition must match for the delete to be successful.
         :raises DataFormatException: The provided constraint was not satisfied.
         """
+
+    def entries(self, pk: str | None = None, *, prefix: str | None = None) -> Iterator[CacheEntry]:
+        """List stored entries lazily.
+
+        All of them, those of one partition key, or those whose partition key starts
+        with a prefix. Listing is an optional ability: this default raises
+        ``NotImplementedError``, and :meth:`supports_listing` tells whether a handler has
+        it. The order is unspecified.
+        An entry left unchanged while the listing runs is yielded exactly once; one changed
+        meanwhile may appear with either value, or not at all if it was deleted.
+
+        :param pk: List only the entries with this partition key.
+        :param prefix: List only the entries whose partition key starts with this.
+        :raises NotImplementedError: The handler cannot list entries.
+        :raises ValueError: Both ``pk`` and ``prefix`` were given, or ``pk`` breaks the
+            key rules.
+        :raises AccessException: The storage failed.
+        :return: An iterator of ``(pk, sk, value)`` entries.
+        """
+        raise NotImplementedError(
+            f"{type(self).__module__}.{type(self).__qualname__} cannot list entries"
+        )
+
+    @classmethod
+    def supports_listing(cls) -> bool:
+        """Tell whether :meth:`entries` is implemented.
+
+        :return: ``True`` when the handler can list its entries.
+        """
+        return cls.entries is not BaseCache.entries
 
 
 def _entry_points() -> dict[str, EntryPoint]:

@@ -18,16 +18,24 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Iterator
 from typing import ClassVar, Final, Literal
 
 from typing_extensions import override
 
-from grove.caches import BaseCache
-from grove.caches.validation import check_key, check_value, entry_is_plain, key_is_plain
+from grove.caches import BaseCache, CacheEntry
+from grove.caches.validation import (
+    check_key,
+    check_one_key,
+    check_value,
+    entry_is_plain,
+    key_is_plain,
+    utf8_size,
+)
 from grove.exceptions import AccessException, DataFormatException, NotFoundException
 
 
-class Entry(enum.Enum):
+class Sentinel(enum.Enum):
     """States of an entry that are not a stored value."""
 
     ABSENT = "absent"
@@ -37,14 +45,17 @@ class Entry(enum.Enum):
     """Any state at all: an unconditional write or delete."""
 
 
-ABSENT: Final = Entry.ABSENT
-ANY: Final = Entry.ANY
+ABSENT: Final = Sentinel.ABSENT
+ANY: Final = Sentinel.ANY
 
-Stored = str | Literal[Entry.ABSENT]
+Stored = str | Literal[Sentinel.ABSENT]
 """What :meth:`AtomicCache._read` finds: a value, or :data:`ABSENT`."""
 
-Expected = str | Literal[Entry.ABSENT, Entry.ANY]
+Expected = str | Literal[Sentinel.ABSENT, Sentinel.ANY]
 """What a write requires of the entry: this exact value, :data:`ABSENT`, or :data:`ANY`."""
+
+ExpectedToRemove = str | Literal[Sentinel.ANY]
+"""What a removal requires of the entry: this exact value, or :data:`ANY`."""
 
 _KEY_PREVIEW_CHARS = 80
 
@@ -107,7 +118,7 @@ class AtomicCache(BaseCache):
         """
 
     @abc.abstractmethod
-    def _remove(self, pk: str, sk: str, expected: str | Literal[Entry.ANY]) -> bool:
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
         """Remove an entry if it is as expected, as one atomic step.
 
         :param pk: The partition key, already checked.
@@ -117,6 +128,60 @@ class AtomicCache(BaseCache):
         :return: ``True`` when the entry is gone, ``False`` when it was not as expected
             (and nothing changed).
         """
+
+    def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+        """Yield stored entries lazily; the optional listing primitive.
+
+        Handlers that can list override this; :meth:`entries` checks the arguments and
+        wraps driver errors. Each yielded entry must be one that was stored at some moment
+        during the scan.
+
+        :param pk: Only this partition key (checked), or ``None``.
+        :param prefix: Only partition keys starting with this, or ``None``; never given
+            together with ``pk``.
+        :raises NotImplementedError: The handler cannot list entries.
+        :return: An iterator of entries.
+        """
+        raise NotImplementedError(f"{self.location()} cannot list entries")
+
+    @override
+    @classmethod
+    def supports_listing(cls) -> bool:
+        return cls._scan is not AtomicCache._scan
+
+    @override
+    def entries(self, pk: str | None = None, *, prefix: str | None = None) -> Iterator[CacheEntry]:
+        """List stored entries lazily; see :meth:`BaseCache.entries`.
+
+        :param pk: List only the entries with this partition key.
+        :param prefix: List only the entries whose partition key starts with this.
+        :raises NotImplementedError: The handler cannot list entries.
+        :raises TypeError: ``pk`` or ``prefix`` is not a ``str``.
+        :raises ValueError: Both were given, or ``pk`` breaks the key rules.
+        :raises AccessException: The storage failed (raised while iterating).
+        :return: An iterator of ``(pk, sk, value)`` entries.
+        """
+        if pk is not None and prefix is not None:
+            raise ValueError("give pk or prefix, not both")
+        if pk is not None:
+            check_one_key(pk, what="pk")
+        if prefix is not None:
+            if not isinstance(prefix, str):
+                raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+            utf8_size(prefix, what="prefix")
+        if not self.supports_listing():
+            raise NotImplementedError(f"{self.location()} cannot list entries")
+        return self._entries(pk, prefix)
+
+    def _entries(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+        try:
+            yield from self._scan(pk, prefix)
+        except self.driver_errors as exc:
+            scope = f"pk={pk!r}" if pk is not None else f"prefix={prefix!r}"
+            raise AccessException(
+                f"listing of {scope if (pk or prefix) else 'all entries'} failed in "
+                f"{self.location()}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _access_error(self, operation: str, pk: str, sk: str, exc: Exception) -> AccessException:
         return AccessException(
@@ -210,7 +275,7 @@ class AtomicCache(BaseCache):
         """
         if not key_is_plain(pk, sk):
             check_key(pk, sk)
-        expected: str | Literal[Entry.ANY] = ANY
+        expected: ExpectedToRemove = ANY
         if constraint is not None:
             check_value(constraint, max_bytes=None, what="constraint")
             expected = constraint

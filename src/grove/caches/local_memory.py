@@ -10,11 +10,12 @@ dropped when its last entry goes, so deleted keys leave nothing behind.
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from collections.abc import Iterator
 
 from typing_extensions import override
 
-from grove.caches.atomic import ABSENT, ANY, AtomicCache, Entry, Expected, Stored
+from grove.caches import CacheEntry
+from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
 
 
 class Handler(AtomicCache):
@@ -55,7 +56,7 @@ class Handler(AtomicCache):
             return True
 
     @override
-    def _remove(self, pk: str, sk: str, expected: str | Literal[Entry.ANY]) -> bool:
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
         """Atomic: the check and the removal happen under the instance lock."""
         with self._lock:
             partition = self._partitions.get(pk)
@@ -67,3 +68,17 @@ class Handler(AtomicCache):
             if not partition:
                 del self._partitions[pk]
             return True
+
+    @override
+    def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+        """Each partition is copied under the lock, then yielded without it."""
+        with self._lock:
+            if pk is not None:
+                names = [pk] if pk in self._partitions else []
+            else:
+                names = [name for name in self._partitions if name.startswith(prefix or "")]
+        for name in names:
+            with self._lock:
+                items = list(self._partitions.get(name, {}).items())
+            for sk, value in items:
+                yield CacheEntry(name, sk, value)

@@ -44,15 +44,27 @@ def check_key(pk: object, sk: object) -> None:
     :raises ValueError: A key is empty, longer than :data:`MAX_KEY_BYTES` bytes of UTF-8,
         or not valid Unicode.
     """
-    for name, key in (("pk", pk), ("sk", sk)):
-        if not isinstance(key, str):
-            raise TypeError(f"{name} must be a str, not {type(key).__name__}")
-        if not key:
-            raise ValueError(f"{name} must not be empty")
-        if len(key) > _SHORT_KEY_CHARS or not key.isascii():
-            size = utf8_size(key, what=name)
-            if size > MAX_KEY_BYTES:
-                raise ValueError(f"{name} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
+    check_one_key(pk, what="pk")
+    check_one_key(sk, what="sk")
+
+
+def check_one_key(key: object, *, what: str) -> None:
+    """Check one key against the key rules.
+
+    :param key: The key.
+    :param what: How to name the key in an error message.
+    :raises TypeError: The key is not a ``str``.
+    :raises ValueError: The key is empty, longer than :data:`MAX_KEY_BYTES` bytes of
+        UTF-8, or not valid Unicode.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be a str, not {type(key).__name__}")
+    if not key:
+        raise ValueError(f"{what} must not be empty")
+    if len(key) > _SHORT_KEY_CHARS or not key.isascii():
+        size = utf8_size(key, what=what)
+        if size > MAX_KEY_BYTES:
+            raise ValueError(f"{what} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
 
 
 def key_is_plain(pk: str, sk: str) -> bool:
