@@ -23,3 +23,14 @@ def test_measure_reports_every_operation_and_restores_the_store() -> None:
     table = format_table("handler", "floor", results)
     assert "compare-and-set" in table
     assert "ratio" in table
+
+
+def test_remove_after_leaves_a_live_store_as_it_was() -> None:
+    handler = Handler()
+    handler.set("pointer.production", "all", "keep me")
+    measure(
+        {"handler": handler},
+        Workload(keys=20, calls=50, repeats=1, namespace="cli-1234", remove_after=True),
+        operations=["set new", "compare-and-set", "delete"],
+    )
+    assert handler._partitions == {"pointer.production": {"all": "keep me"}}

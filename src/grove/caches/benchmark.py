@@ -76,12 +76,18 @@ class Workload:
     :param calls: Calls per operation and run.
     :param value_bytes: Size of every value, in ASCII characters.
     :param repeats: Runs per operation; the best counts.
+    :param namespace: A word in every partition key the benchmark writes, so that a
+        benchmark of a live store touches only its own entries.
+    :param remove_after: Delete the stored entries when done (a live store); a
+        throwaway store skips this.
     """
 
     keys: int = 1_000
     calls: int = 2_000
     value_bytes: int = 64
     repeats: int = 3
+    namespace: str = "bench"
+    remove_after: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,13 @@ class Measurement:
     p99_us: float
 
 
-def _key(index: int) -> tuple[str, str]:
+def _key(namespace: str, index: int) -> tuple[str, str]:
     # Grove's shape: many pointer partitions with a few operations each.
-    return f"pointer.bench.{index // 8:08x}", f"operation-{index % 8}"
+    return f"pointer.{namespace}.{index // 8:08x}", f"operation-{index % 8}"
 
 
-def _fresh_key(tag: str, index: int) -> tuple[str, str]:
-    return f"fresh.{tag}.{index // 8:08x}", f"operation-{index % 8}"
+def _fresh_key(namespace: str, tag: str, index: int) -> tuple[str, str]:
+    return f"fresh.{namespace}.{tag}.{index // 8:08x}", f"operation-{index % 8}"
 
 
 class _Run:
@@ -110,13 +116,17 @@ class _Run:
         self.store = store
         self.workload = workload
         self.values = ("a" * workload.value_bytes, "b" * workload.value_bytes)
-        self.stored_keys = [_key(index) for index in range(workload.keys)]
+        self.stored_keys = [_key(workload.namespace, index) for index in range(workload.keys)]
         self.current = [0] * workload.keys
         self.runs = 0
 
     def populate(self) -> None:
         for pk, sk in self.stored_keys:
             self.store.set(pk, sk, self.values[0])
+
+    def remove(self) -> None:
+        for pk, sk in self.stored_keys:
+            self.store.delete(pk, sk)
 
     def steps(self, operation: str) -> tuple[Callable[[int], object], Callable[[], None]]:
         """Return the call to make for the i-th step, and the clean-up after the run.
@@ -126,7 +136,10 @@ class _Run:
         store, values, current = self.store, self.values, self.current
         stored, size = self.stored_keys, self.workload.keys
         self.runs += 1
-        fresh = [_fresh_key(str(self.runs), index) for index in range(self.workload.calls)]
+        fresh = [
+            _fresh_key(self.workload.namespace, str(self.runs), index)
+            for index in range(self.workload.calls)
+        ]
 
         def nothing() -> None:
             return None
@@ -227,6 +240,9 @@ def measure(
                 p50_us=_percentile(samples, 0.50),
                 p99_us=_percentile(samples, 0.99),
             )
+    if workload.remove_after:
+        for run in runs.values():
+            run.remove()
     return results
 
 
