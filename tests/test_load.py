@@ -7,7 +7,7 @@ import pytest
 from pydantic_settings import SettingsConfigDict
 
 import grove.caches
-from grove.caches import BaseCache, load, names
+from grove.caches import BaseCache, create, load, names
 from grove.caches.configuration import HandlerConfiguration
 from grove.caches.local_memory import Handler as LocalMemory
 from grove.exceptions import ConfigurationException
@@ -168,6 +168,7 @@ def test_public_api_is_pinned() -> None:
     assert set(grove.caches.__all__) == {
         "BaseCache",
         "CacheEntry",
+        "create",
         "DEFAULT_HANDLER",
         "ENTRY_POINT_GROUP",
         "HANDLER_ENV",
@@ -182,4 +183,24 @@ def test_public_api_is_pinned() -> None:
         "max_value_bytes",
         "entries",
         "supports_listing",
+        "create_storage",
     }
+
+
+def test_settings_beat_the_environment(monkeypatch: pytest.MonkeyPatch, third_party: Path) -> None:
+    monkeypatch.setenv("GROVE_CACHE_ACME_ENDPOINT", "http://127.0.0.1:1")
+    handler = load("acme", settings={"retries": 7})
+    assert handler.config.retries == 7  # type: ignore[attr-defined]
+    assert handler.config.endpoint == "http://127.0.0.1:1"  # type: ignore[attr-defined]
+    assert handler.setup_calls == 1  # type: ignore[attr-defined]
+    assert create("acme").setup_calls == 0  # type: ignore[attr-defined]
+
+
+def test_invalid_settings_name_the_variable(third_party: Path) -> None:
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_ACME_RETRIES"):
+        load("acme", settings={"endpoint": "x", "retries": "many"})
+
+
+def test_settings_for_a_handler_without_configuration() -> None:
+    with pytest.raises(ConfigurationException, match="takes no settings"):
+        load("local_memory", settings={"path": "/tmp"})

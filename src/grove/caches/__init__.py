@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import ClassVar, NamedTuple
 
@@ -24,6 +25,7 @@ __all__ = [
     "HANDLER_ENV",
     "BaseCache",
     "CacheEntry",
+    "create",
     "load",
     "names",
 ]
@@ -144,6 +146,21 @@ class BaseCache(abc.ABC):
             f"{type(self).__module__}.{type(self).__qualname__} cannot list entries"
         )
 
+    def create_storage(self) -> str:
+        """Create what the handler needs to store entries, if it is missing.
+
+        A table, a database file, a directory: whatever the backend needs before its
+        first call. Safe to call again when everything exists. This is an optional
+        ability: the default raises ``NotImplementedError``.
+
+        :raises NotImplementedError: The handler has nothing it can create.
+        :raises AccessException: The storage could not be created.
+        :return: What was created or found, in one line.
+        """
+        raise NotImplementedError(
+            f"{type(self).__module__}.{type(self).__qualname__} cannot create its storage"
+        )
+
     @classmethod
     def supports_listing(cls) -> bool:
         """Tell whether :meth:`entries` is implemented.
@@ -165,15 +182,18 @@ def names() -> list[str]:
     return sorted(_entry_points())
 
 
-def load(name: str | None = None) -> BaseCache:
-    """Construct the named handler, call its :meth:`~BaseCache.setup`, and return it.
+def create(name: str | None = None, *, settings: Mapping[str, object] | None = None) -> BaseCache:
+    """Construct the named handler without calling its :meth:`~BaseCache.setup`.
 
     :param name: The handler's entry-point name, such as ``local_file``. When ``None``,
         the environment variable ``GROVE_CACHE_HANDLER`` names it, else ``local_memory``.
+    :param settings: Settings that win over the handler's environment variables, by
+        field name (``{"path": "/var/lib/grove"}``). They need a handler whose module
+        defines ``Configuration`` and whose constructor takes ``config=``, as every
+        built-in handler does.
     :raises ConfigurationException: No handler has that name, its module cannot be
         imported (a missing extra), or its configuration is missing or invalid.
-    :raises AccessException: The handler's storage could not be reached during setup.
-    :return: The ready handler.
+    :return: The handler, not yet set up.
     """
     if name is None:
         name = os.environ.get(HANDLER_ENV, "").strip() or DEFAULT_HANDLER
@@ -193,8 +213,31 @@ def load(name: str | None = None) -> BaseCache:
             f"entry point {name!r} ({entry.value}) is not a grove.caches.BaseCache subclass"
         )
     try:
-        handler = handler_class()
+        if not settings:
+            return handler_class()
+        configuration_class = getattr(sys.modules[handler_class.__module__], "Configuration", None)
+        if configuration_class is None:
+            raise ConfigurationException(
+                f"cache handler {name!r} takes no settings (its module has no Configuration)"
+            )
+        config = configuration_class.from_environment(**settings)
+        return handler_class(config=config)  # type: ignore[call-arg]
     except pydantic.ValidationError as exc:
         raise ConfigurationException(f"cache handler {name!r} is misconfigured: {exc}") from exc
+
+
+def load(name: str | None = None, *, settings: Mapping[str, object] | None = None) -> BaseCache:
+    """Construct the named handler, call its :meth:`~BaseCache.setup`, and return it.
+
+    :param name: The handler's entry-point name, such as ``local_file``. When ``None``,
+        the environment variable ``GROVE_CACHE_HANDLER`` names it, else ``local_memory``.
+    :param settings: Settings that win over the handler's environment variables; see
+        :func:`create`.
+    :raises ConfigurationException: No handler has that name, its module cannot be
+        imported (a missing extra), or its configuration is missing or invalid.
+    :raises AccessException: The handler's storage could not be reached during setup.
+    :return: The ready handler.
+    """
+    handler = create(name, settings=settings)
     handler.setup()
     return handler
