@@ -204,6 +204,7 @@ def measure(
     subjects: dict[str, KeyValue],
     workload: Workload,
     operations: Sequence[str] = OPERATIONS,
+    on_operation: Callable[[str], object] | None = None,
 ) -> dict[str, dict[str, Measurement]]:
     """Measure each operation on each subject, the subjects alternating run by run.
 
@@ -211,6 +212,8 @@ def measure(
         empty; the benchmark fills it with ``workload.keys`` entries.
     :param workload: Sizes and counts.
     :param operations: Which of :data:`OPERATIONS` to measure.
+    :param on_operation: Called with each operation's name when it is measured, for a
+        progress display.
     :return: For each subject, its measurement of each operation.
     """
     runs = {name: _Run(store, workload) for name, store in subjects.items()}
@@ -240,6 +243,8 @@ def measure(
                 p50_us=_percentile(samples, 0.50),
                 p99_us=_percentile(samples, 0.99),
             )
+        if on_operation is not None:
+            on_operation(operation)
     if workload.remove_after:
         for run in runs.values():
             run.remove()
