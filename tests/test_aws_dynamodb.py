@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import json
 import logging
 import socket
 import sys
@@ -21,12 +20,11 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.compat import HTTPHeaders
+from moto_server import count_requests, dynamodb_error, make_handler
 
 import grove.caches
 from grove.caches import BaseCache, CacheEntry
-from grove.caches.aws_dynamodb import INLINE_VALUE_BYTES, Configuration, Handler
+from grove.caches.aws_dynamodb import Configuration, Handler
 from grove.caches.testing import ListingConformance, SharedCacheConformance
 from grove.exceptions import (
     AccessException,
@@ -36,11 +34,6 @@ from grove.exceptions import (
 )
 
 CONFORMANCE_TABLE = "grove-conformance"
-
-
-def make_handler(url: str, table: str, **settings: Any) -> Handler:
-    """Build a handler on the moto server; picklable through functools.partial."""
-    return Handler(Configuration(url=url, table=table, **settings))
 
 
 def raw_client(url: str) -> Any:
@@ -259,31 +252,7 @@ def test_items_without_a_string_value(handler: Handler, moto_endpoint: str) -> N
         handler.set("p", "num", "v", not_set=True)
 
 
-def test_value_over_the_item_limit_is_refused_before_any_request(handler: Handler) -> None:
-    sent = count_requests(handler)
-    handler.set("pk", "sk", "small")
-    sent.clear()
-    for too_big in ("x" * (INLINE_VALUE_BYTES + 1), "\u00e9" * (INLINE_VALUE_BYTES // 2 + 1)):
-        with pytest.raises(ValueError, match=str(INLINE_VALUE_BYTES)):
-            handler.set("pk", "sk", too_big)
-    assert sent == Counter()
-    assert handler.get("pk", "sk") == "small"
-    handler.set("pk", "sk", "\U0001f332" * (INLINE_VALUE_BYTES // 4))
-    assert handler.get("pk", "sk") == "\U0001f332" * (INLINE_VALUE_BYTES // 4)
-
-
 # -- requests --------------------------------------------------------------------------
-
-
-def count_requests(handler: Handler) -> Counter[str]:
-    """Count every HTTP request (each attempt) the handler's client sends, by operation."""
-    sent: Counter[str] = Counter()
-
-    def on_send(request: Any, **kwargs: Any) -> None:
-        sent[kwargs["event_name"].rsplit(".", 1)[-1]] += 1
-
-    handler.client.meta.events.register("before-send.dynamodb", on_send)
-    return sent
 
 
 def test_one_request_per_call(handler: Handler) -> None:
@@ -340,24 +309,6 @@ def test_fifty_threads_share_one_client_without_pool_warnings(
 
 
 # -- failures --------------------------------------------------------------------------
-
-
-def dynamodb_error(request: Any, status: int, code: str, message: str) -> AWSResponse:
-    """An error answer as DynamoDB sends it, for a before-send hook to return."""
-    body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message})
-    headers = HTTPHeaders()
-    headers["Content-Type"] = "application/x-amz-json-1.0"
-    return AWSResponse(request.url, status, headers, _Raw(body.encode()))
-
-
-class _Raw:
-    """The raw body botocore reads from an HTTP response."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def stream(self, **kwargs: Any) -> Iterator[bytes]:
-        yield self.body
 
 
 def test_throttling_and_server_errors_are_retried(handler: Handler) -> None:
