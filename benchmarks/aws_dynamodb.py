@@ -4,14 +4,20 @@ The benchmark starts its own moto server (threaded, keep-alive, as moto serves i
 loopback port with fake credentials. The floor makes the very requests the handler
 makes (``GetItem`` with ``ConsistentRead``, ``UpdateItem`` with its condition,
 ``DeleteItem``) straight on a boto3 client, so the ratio is the cost of the handler's
-own layer. After the table it prints the HTTP requests each call sends, and the
-throughput of 1, 8 and 50 threads sharing one handler (and one raw client).
+own layer. After the table it prints the HTTP requests each call sends, the
+throughput of 1, 8 and 50 threads sharing one handler (and one raw client), and the
+speed of 1 MiB values, packed and chunked.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
 import os
+import random
+import statistics
 import threading
 import time
 import uuid
@@ -169,6 +175,67 @@ def thread_throughput(url: str, calls: int = 200) -> str:
     return "\n".join(lines)
 
 
+def _dedup_hashes(size: int) -> str:
+    """Grove's deduplication hashes: a JSON list of md5 hex digests, ``size`` characters."""
+    digests = [hashlib.md5(str(i).encode()).hexdigest() for i in range(size // 35 + 1)]
+    return json.dumps(digests)[:size]
+
+
+def _random_text(size: int) -> str:
+    return base64.b64encode(random.Random(size).randbytes(size))[:size].decode()
+
+
+def _stored_form(handler: Handler, pk: str, sk: str) -> str:
+    item = handler.client.get_item(
+        TableName=handler.config.table, Key={"pk": {"S": pk}, "sk": {"S": sk}}
+    )["Item"]
+    if "packed" in item:
+        return "packed"
+    return f"{item['parts']['N']} parts"
+
+
+def large_values(url: str, calls: int = 20) -> str:
+    """Measure set and get of 1 MiB values on one thread, by stored form.
+
+    :param url: The server's endpoint.
+    :param calls: Calls per operation.
+    :return: The report lines.
+    """
+    handler = _handler(url, _fresh_table(url))
+    sent: Counter[str] = Counter()
+    handler.client.meta.events.register(
+        "before-send.dynamodb", lambda **kwargs: sent.update([kwargs["event_name"]])
+    )
+    lines = ["  1 MiB values, one thread (ops/s, p50 ms, HTTP requests per call):"]
+    size = 1024 * 1024
+    # 400 digests repeated: within zlib's 32 KiB window, so they pack into one item.
+    repeated = _dedup_hashes(400 * 35)[1:-1] + ", "
+    repeated = "[" + repeated * (size // len(repeated) + 1)
+    for name, values in (
+        ("repeated hashes", [repeated[:size], repeated[1 : size + 1]]),
+        ("hex digests", [_dedup_hashes(size), _dedup_hashes(size)[::-1]]),
+        ("random text", [_random_text(size), _random_text(size)[::-1]]),
+    ):
+        handler.set("large", name, values[1])
+        form = _stored_form(handler, "large", name)
+        for operation in ("set", "get"):
+            samples = []
+            sent.clear()
+            for index in range(calls):
+                started = time.perf_counter()
+                if operation == "set":
+                    handler.set("large", name, values[index % 2])
+                else:
+                    handler.get("large", name)
+                samples.append(time.perf_counter() - started)
+            label = f"{operation} {name} ({form})"
+            lines.append(
+                f"    {label:<34}{calls / sum(samples):>8.1f}"
+                f"{statistics.median(samples) * 1000:>8.1f}{sum(sent.values()) / calls:>6.1f}"
+            )
+    return "\n".join(lines)
+
+
 def suites(keys: int) -> Iterator[Suite]:
     """The aws_dynamodb table at one store size, on a moto server it starts.
 
@@ -188,7 +255,9 @@ def suites(keys: int) -> Iterator[Suite]:
                 floor=lambda: RawClient(url, _fresh_table(url)),
                 workload=Workload(keys=keys, calls=300, repeats=3),
                 targets={"get hit": 0.8, "overwrite": 0.8, "compare-and-set": 0.8},
-                report=lambda: requests_per_call(url) + "\n" + thread_throughput(url),
+                report=lambda: "\n".join(
+                    [requests_per_call(url), thread_throughput(url), large_values(url)]
+                ),
             )
     finally:
         for name, value in saved.items():
