@@ -218,7 +218,9 @@ class Configuration(HandlerConfiguration):
         default=3600,
         ge=900,
         le=43200,
-        description="Seconds each set of assumed-role credentials lasts before renewal.",
+        description="Seconds each set of assumed-role credentials is valid (the role's "
+        "maximum session duration caps it); renewal starts 15 minutes before expiry, so at "
+        "900 every call renews.",
     )
     connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to wait for a connection, per attempt."
@@ -325,8 +327,9 @@ class Handler(AtomicCache):
     def _assume_role(self, role_arn: str, botocore_config: Config) -> _AssumedRole:
         """Build credentials that STS renews before they expire.
 
-        botocore refreshes them in the background from 15 minutes before expiry, and
-        blocks callers only in the last 10 minutes.
+        With less than 15 minutes left, the next call renews them (one thread renews
+        while the others go on with the old ones); only in the last 10 minutes do calls
+        wait for the renewal.
         """
         sts: STSClient = boto3.session.Session().client("sts", config=botocore_config)
         duration = self.config.assume_role_duration
