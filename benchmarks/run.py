@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from benchmarks.suite import Suite
 from grove.caches.benchmark import compare, format_table, measure
 
-HANDLERS = ("local_memory",)
+HANDLERS = ("local_memory", "aws_dynamodb")
 """Handlers with a module of the same name in this folder."""
 
 
@@ -40,6 +40,8 @@ def run_suite(suite: Suite) -> str:
         lines.append(
             f"  target {operation} >= {target:.2f}x floor: {verdict} ({ratios[operation]:.2f})"
         )
+    if suite.report is not None:
+        lines.append(suite.report())
     return "\n".join(lines)
 
 

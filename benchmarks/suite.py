@@ -18,6 +18,8 @@ class Suite:
     :param workload: Sizes and counts for this table.
     :param targets: Operation to the least acceptable throughput ratio subject/floor.
     :param extra_floors: More references measured in the same run, shown as ratios too.
+    :param report: Measures whatever else the handler wants to show and returns the
+        lines printed after the table.
     """
 
     title: str
@@ -26,3 +28,4 @@ class Suite:
     workload: Workload
     targets: dict[str, float] = field(default_factory=dict)
     extra_floors: dict[str, Callable[[], KeyValue]] = field(default_factory=dict)
+    report: Callable[[], str] | None = None

@@ -1,3 +1,3 @@
-"""Shared test setup: the conformance suite's report and pytester for testing the suite."""
+"""Shared test setup: the conformance suite's report, pytester, and the moto server."""
 
-pytest_plugins = ["grove.caches.testing", "pytester"]
+pytest_plugins = ["grove.caches.testing", "pytester", "moto_server"]

@@ -1,0 +1,927 @@
+"""Grove AWS DynamoDB cache handler.
+
+Layout: one DynamoDB table (``GROVE_CACHE_AWS_DYNAMODB_TABLE``, default ``grove``) with a
+string hash key ``pk`` and a string range key ``sk``. A value of up to
+:data:`INLINE_VALUE_BYTES` bytes of UTF-8 (nearly DynamoDB's 400 KB item limit) is the
+string attribute ``data`` of its item: upstream Grove's shape, so tables written by
+upstream Grove read back unchanged, and small values are written exactly as upstream
+Grove wrote them. Other attributes of an item (a TTL an operator added, say) are left
+alone: writes are ``UpdateItem``, as upstream Grove's were. An item with neither a
+``data`` nor a ``digest`` attribute holds no value.
+
+Atomicity of small values: each call is one request, which DynamoDB applies atomically,
+condition included.
+
+- ``get`` is one ``GetItem`` with ``ConsistentRead=True``: a lock or a pointer is never
+  read stale.
+- ``set`` is one ``UpdateItem`` carrying its condition: ``not_set`` is
+  ``attribute_not_exists(data) AND attribute_not_exists(digest)``, ``constraint`` is
+  ``data = :constraint``.
+- ``delete`` is one ``DeleteItem``, with the same ``constraint`` condition.
+
+A failed condition (``ConditionalCheckFailedException``) changes nothing and becomes
+:class:`~grove.exceptions.DataFormatException`; nothing is read before it is written.
+
+Large values (up to :data:`MAX_VALUE_BYTES`): the item of the key is a *head*. A value
+that zlib compresses into one item is stored whole in the head, as binary ``packed``
+beside the SHA-256 ``digest`` of the value: one request, as for a small value. A larger
+one is split: its compressed bytes go into immutable *chunk* items written first under a
+fresh version id (hash key ``grove.caches.chunk.<version>``, range keys ``0000``,
+``0001``...), then one conditional ``UpdateItem`` switches the head to that version
+(``version``, ``parts``, ``digest``); that single request is the write, so it is atomic
+and carries the ``not_set``/``constraint`` condition like a small write. A ``constraint``
+over :data:`INLINE_VALUE_BYTES` is compared with the head's ``digest``, so
+compare-and-set works on the logical value whatever its stored form. The replaced
+version's chunks are deleted afterwards, learnt from the same request
+(``ReturnValues=ALL_OLD``). A reader reads the head (consistently), then that version's
+chunks (``BatchGetItem``, consistently); if a chunk vanished, the value was replaced
+under it and it starts again from the head, so it never returns a mix of two versions.
+The reassembled value is checked against the digest. A writer that dies after writing
+chunks but before switching the head leaves them unreferenced: never read, and removed by
+:meth:`Handler.collect_garbage`, the maintenance call, once older than an hour (a writer
+gives up switching a head more than :data:`WRITE_DEADLINE` seconds after it started
+writing chunks, so a sweep never removes the chunks of a write in flight). One that dies
+after the switch leaves the old version's chunks, removed the same way.
+
+Requests per call (botocore's retries aside):
+
+- a small or packed value: 1 for ``get``, ``set`` and ``delete``;
+- a chunked value of N parts: ``get`` 1 + ceil(N / 25), ``set`` ceil(N / 25) + 1;
+- replacing or deleting a chunked value: + ceil(N_old / 25) to delete its chunks;
+- an unconditional small ``set`` over a large value, or an unconditional ``delete`` of
+  a chunked one: + 1, as the one-request form is tried first;
+- a refused chunked ``set``: + ceil(N / 25) to delete the chunks it wrote.
+
+A 4 MiB value of incompressible text is 9 parts; 4 MiB of Grove's hex digests, 6.
+
+Listing is a ``Query`` for one partition key and a paginated ``Scan`` otherwise, both
+with consistent reads; chunk items are never listed, chunked values are listed whole.
+
+Durability is DynamoDB's: a write is acknowledged once it is stored in several
+availability zones.
+
+Clients: one low-level boto3 client per handler, built in :meth:`Handler.setup` or on
+first use, and shared by all threads (botocore clients are thread-safe). Its connection
+pool holds ``GROVE_CACHE_AWS_DYNAMODB_MAX_POOL_CONNECTIONS`` connections (default 50,
+Grove's worker count), so threads never queue behind the pool. Throttling, 5xx answers
+and connection errors are retried with backoff in botocore's ``standard`` (or
+``adaptive``) retry mode, then surface as :class:`~grove.exceptions.AccessException`
+naming the table and the operation; connect and read timeouts are explicit, so a server
+that is down fails the call instead of hanging it.
+
+Credentials come from boto3's usual chain. With ``GROVE_CACHE_AWS_DYNAMODB_ASSUME_ROLE_ARN``
+they come from STS instead, as refreshable credentials that botocore renews before they
+expire, so long collections never die on ``ExpiredToken``. ``GROVE_CACHE_AWS_DYNAMODB_URL``
+points every DynamoDB call at another endpoint (DynamoDB Local, moto, a VPC endpoint);
+STS honours boto3's own ``AWS_ENDPOINT_URL_STS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+from typing_extensions import override
+
+try:
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+    from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
+    from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides boto3
+    raise ImportError(
+        f"grove.caches.aws_dynamodb needs boto3 ({exc}): pip install 'grove-caches[aws]'"
+    ) from exc
+
+from grove.caches import CacheEntry
+from grove.caches.atomic import (
+    ABSENT,
+    ANY,
+    AtomicCache,
+    Expected,
+    ExpectedToRemove,
+    Stored,
+    describe_key,
+)
+from grove.caches.configuration import HandlerConfiguration
+from grove.exceptions import AccessException, ConfigurationException
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sts import STSClient
+
+__all__ = [
+    "INLINE_VALUE_BYTES",
+    "MAX_VALUE_BYTES",
+    "WRITE_DEADLINE",
+    "Configuration",
+    "Handler",
+    "create_table",
+]
+
+INLINE_VALUE_BYTES = 400_000
+"""The largest value, in bytes of UTF-8, stored as the string ``data`` of one item.
+
+DynamoDB's item limit is 400 KB including attribute names and the keys; this leaves room
+for two keys of the largest allowed size (1024 bytes each)."""
+
+MAX_VALUE_BYTES = 16 * 1024 * 1024
+"""The largest value, in bytes of UTF-8, that the handler stores (compressed and split
+when it must be)."""
+
+WRITE_DEADLINE = 600.0
+"""Seconds after which a writer that is still writing chunks gives up instead of
+switching the head to them; :meth:`Handler.collect_garbage` only removes older chunks."""
+
+_DEFAULT_REGION = "us-east-1"
+_ROLE_SESSION_NAME = "grove-caches"
+
+_PACKED_BYTES = 400_000
+"""The most compressed bytes kept in a head item (the keys take the rest of 400 KB)."""
+_CHUNK_BYTES = 400_000
+"""Compressed bytes per chunk item (its keys and owner take the rest of 400 KB)."""
+_UPSTREAM_DATA_BYTES = 409_600
+"""The largest ``data`` string any writer (upstream Grove) can have stored in one item."""
+_CHUNK_PREFIX = "grove.caches.chunk."
+_COMPRESSION_LEVEL = 1  # zlib's fastest: Grove's hex digests shrink almost as much as at 6
+_BATCH_WRITE_ITEMS = 25  # DynamoDB's limit per BatchWriteItem (10 MB of chunks, under 16)
+_BATCH_GET_ITEMS = 25  # 10 MB of chunks, under BatchGetItem's 16 MB answer
+_READ_ROUNDS = 10
+_BATCH_ROUNDS = 8
+
+_LARGE_ATTRIBUTES = "#packed, #digest, #version, #parts"
+_NAMES = {
+    "#data": "data",
+    "#packed": "packed",
+    "#digest": "digest",
+    "#version": "version",
+    "#parts": "parts",
+}
+_PRESENT = "(attribute_exists(#data) OR attribute_exists(#digest))"
+_ABSENT = "attribute_not_exists(#data) AND attribute_not_exists(#digest)"
+_NOT_LARGE = "attribute_not_exists(#digest)"
+
+_logger = logging.getLogger(__name__)
+
+
+class _Chunked(NamedTuple):
+    """A head that points at chunks: what :meth:`Handler._decode` finds in one."""
+
+    version: str
+    parts: int
+    digest: str
+
+
+def _names(*expressions: str) -> dict[str, str]:
+    """The attribute names an expression uses; DynamoDB refuses unused ones."""
+    text = " ".join(expressions)
+    return {token: name for token, name in _NAMES.items() if token in text}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Configuration(HandlerConfiguration):
+    """Defines environment variables used to configure the AWS DynamoDB handler.
+
+    Each field is set by ``GROVE_CACHE_AWS_DYNAMODB_<FIELD>``, case-insensitive; for
+    example ``assume_role_arn`` by ``GROVE_CACHE_AWS_DYNAMODB_ASSUME_ROLE_ARN``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_AWS_DYNAMODB_")
+
+    table: str = Field(default="grove", min_length=1, description="The DynamoDB table.")
+    url: str | None = Field(
+        default=None,
+        description="An endpoint URL for every DynamoDB call (DynamoDB Local, a VPC endpoint).",
+    )
+    assume_role_arn: str | None = Field(
+        default=None, description="A role to assume through STS for every call."
+    )
+    table_region: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="The table's region; default AWS_REGION when set, else us-east-1.",
+    )
+    assume_role_duration: int = Field(
+        default=3600,
+        ge=900,
+        le=43200,
+        description="Seconds each set of assumed-role credentials is valid (the role's "
+        "maximum session duration caps it); renewal starts 15 minutes before expiry, so at "
+        "900 every call renews.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for a connection, per attempt."
+    )
+    read_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for an answer, per attempt."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per request, the first one included."
+    )
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        default="standard", description="botocore's retry mode."
+    )
+    max_pool_connections: int = Field(
+        default=50, ge=1, description="HTTP connections kept for the threads sharing a handler."
+    )
+
+    @field_validator("table_region")
+    @classmethod
+    def _region_from_environment(cls, value: str | None) -> str:
+        return value or os.environ.get("AWS_REGION") or _DEFAULT_REGION
+
+    @field_validator("url", "assume_role_arn")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def region(self) -> str:
+        """The table's region, always set after validation."""
+        return self.table_region or _DEFAULT_REGION
+
+
+class _AssumedRole(CredentialProvider):
+    """A credential provider that yields one refreshable set of assumed-role credentials."""
+
+    METHOD = "grove-assume-role"
+    CANONICAL_NAME = "GroveAssumeRole"
+
+    def __init__(self, credentials: RefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> RefreshableCredentials:
+        return self._credentials
+
+
+class Handler(AtomicCache):
+    """A cache handler that keeps Grove's pointers, locks and hashes in a DynamoDB table."""
+
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = (ClientError, BotoCoreError)
+    max_value_bytes: ClassVar[int | None] = MAX_VALUE_BYTES
+
+    def __init__(
+        self,
+        config: Configuration | None = None,
+        *,
+        client: DynamoDBClient | None = None,
+    ) -> None:
+        """Prepare the handler; no request is made until the first call or :meth:`setup`.
+
+        :param config: The settings; read from the environment when ``None``.
+        :param client: A DynamoDB client to use instead of building one from ``config``.
+        :raises ConfigurationException: A setting in the environment is invalid.
+        """
+        self.config = config if config is not None else Configuration.from_environment()
+        self._table = self.config.table
+        self._client: DynamoDBClient | None = client
+        self._client_lock = threading.Lock()
+
+    @override
+    def location(self) -> str:
+        where = f" at {self.config.url}" if self.config.url else ""
+        return f"aws_dynamodb table {self._table!r} in {self.config.region}{where}"
+
+    @property
+    def client(self) -> DynamoDBClient:
+        """The DynamoDB client, built on first use and shared by all threads."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+        return client
+
+    def _connect(self) -> DynamoDBClient:
+        config = self.config
+        botocore_config = Config(
+            region_name=config.region,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            retries={"mode": config.retry_mode, "total_max_attempts": config.max_attempts},
+            max_pool_connections=config.max_pool_connections,
+        )
+        session = botocore.session.Session()
+        if config.assume_role_arn:
+            credentials = self._assume_role(config.assume_role_arn, botocore_config)
+            session.register_component("credential_provider", CredentialResolver([credentials]))
+        return boto3.session.Session(botocore_session=session).client(
+            "dynamodb", endpoint_url=config.url, config=botocore_config
+        )
+
+    def _assume_role(self, role_arn: str, botocore_config: Config) -> _AssumedRole:
+        """Build credentials that STS renews before they expire.
+
+        With less than 15 minutes left, the next call renews them (one thread renews
+        while the others go on with the old ones); only in the last 10 minutes do calls
+        wait for the renewal.
+        """
+        sts: STSClient = boto3.session.Session().client("sts", config=botocore_config)
+        duration = self.config.assume_role_duration
+
+        def fetch() -> dict[str, Any]:
+            answer = sts.assume_role(
+                RoleArn=role_arn, RoleSessionName=_ROLE_SESSION_NAME, DurationSeconds=duration
+            )
+            credentials = answer["Credentials"]
+            return {
+                "access_key": credentials["AccessKeyId"],
+                "secret_key": credentials["SecretAccessKey"],
+                "token": credentials["SessionToken"],
+                "expiry_time": credentials["Expiration"].isoformat(),
+            }
+
+        return _AssumedRole(
+            RefreshableCredentials.create_from_metadata(
+                metadata=fetch(), refresh_using=fetch, method=_AssumedRole.METHOD
+            )
+        )
+
+    @override
+    def setup(self) -> None:
+        """Build the client and check, with one ``GetItem``, that the table can be read.
+
+        :raises ConfigurationException: The table does not exist.
+        :raises AccessException: DynamoDB (or STS) could not be reached or refused access.
+        """
+        try:
+            self._read("grove.caches.setup", "probe")
+        except self.driver_errors as exc:
+            raise AccessException(
+                f"setup failed in {self.location()}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _check_error(self, exc: ClientError) -> str:
+        """Return the error code, after turning a missing table into a configuration error.
+
+        :raises ConfigurationException: The error says that the table does not exist.
+        """
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "ResourceNotFoundException":
+            raise ConfigurationException(self._missing_table_message()) from exc
+        return code
+
+    def _missing_table_message(self) -> str:
+        config = self.config
+        endpoint = f" --endpoint-url {config.url}" if config.url else ""
+        return (
+            f"DynamoDB table {self._table!r} does not exist in region {config.region}"
+            + (f" at {config.url}" if config.url else "")
+            + " (GROVE_CACHE_AWS_DYNAMODB_TABLE, GROVE_CACHE_AWS_DYNAMODB_TABLE_REGION). "
+            "Create it with grove.caches.aws_dynamodb.create_table(), or with: "
+            f"aws dynamodb create-table --table-name {self._table} --region {config.region}"
+            f"{endpoint} --attribute-definitions AttributeName=pk,AttributeType=S "
+            "AttributeName=sk,AttributeType=S --key-schema AttributeName=pk,KeyType=HASH "
+            "AttributeName=sk,KeyType=RANGE --billing-mode PAY_PER_REQUEST"
+        )
+
+    def _decode(self, item: dict[str, Any], pk: str, sk: str) -> Stored | _Chunked:
+        """Read the value of an item: small, packed, a pointer to chunks, or none."""
+        data = item.get("data")
+        if data is not None:
+            value = data.get("S")
+            if not isinstance(value, str):
+                raise AccessException(
+                    f"{describe_key(pk, sk)} in {self.location()} holds a 'data' attribute "
+                    f"of type {', '.join(data)}, not a string; it was not written by Grove"
+                )
+            return value
+        digest = item.get("digest")
+        if digest is None:
+            return ABSENT
+        packed = item.get("packed")
+        if packed is not None:
+            return self._unpack(packed["B"], digest["S"], pk, sk)
+        return _Chunked(item["version"]["S"], int(item["parts"]["N"]), digest["S"])
+
+    def _unpack(self, packed: bytes, digest: str, pk: str, sk: str) -> str:
+        try:
+            data = zlib.decompress(packed)
+        except zlib.error as exc:
+            raise self._corrupt(pk, sk, f"not zlib ({exc})") from exc
+        if _digest(data) != digest:
+            raise self._corrupt(pk, sk, "its digest does not match")
+        return data.decode("utf-8")
+
+    def _corrupt(self, pk: str, sk: str, why: str) -> AccessException:
+        return AccessException(
+            f"the value of {describe_key(pk, sk)} in {self.location()} is corrupt: {why}"
+        )
+
+    @override
+    def _read(self, pk: str, sk: str) -> Stored:
+        """Atomic: one ``GetItem`` with ``ConsistentRead=True``.
+
+        For a chunked value, the chunks that head names, read consistently; if one has
+        vanished, the value was replaced meanwhile and the read starts again.
+        """
+        client = self._client or self.client
+        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        for _ in range(_READ_ROUNDS):
+            try:
+                answer = client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+            except ClientError as exc:
+                self._check_error(exc)
+                raise
+            item = answer.get("Item")
+            if item is None:
+                return ABSENT
+            value = self._decode(item, pk, sk)
+            if not isinstance(value, _Chunked):
+                return value
+            parts = self._get_chunks(value)
+            if parts is not None:
+                return self._unpack(b"".join(parts), value.digest, pk, sk)
+        raise AccessException(
+            f"get of {describe_key(pk, sk)} failed in {self.location()}: the value was "
+            f"replaced under each of {_READ_ROUNDS} reads"
+        )
+
+    def _get_chunks(self, head: _Chunked) -> list[bytes] | None:
+        """Read a version's chunks in order, or ``None`` when one of them is missing."""
+        client = self._client or self.client
+        chunk_pk = _CHUNK_PREFIX + head.version
+        keys = [{"pk": {"S": chunk_pk}, "sk": {"S": f"{i:04d}"}} for i in range(head.parts)]
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), _BATCH_GET_ITEMS):
+            pending: dict[str, Any] = {
+                self._table: {
+                    "Keys": keys[start : start + _BATCH_GET_ITEMS],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "#sk, #part",
+                    "ExpressionAttributeNames": {"#sk": "sk", "#part": "part"},
+                }
+            }
+            for round_ in range(_BATCH_ROUNDS):
+                try:
+                    answer = client.batch_get_item(RequestItems=pending)
+                except ClientError as exc:
+                    self._check_error(exc)
+                    raise
+                for item in answer.get("Responses", {}).get(self._table, []):
+                    found[str(item["sk"]["S"])] = bytes(item["part"]["B"])
+                pending = dict(answer.get("UnprocessedKeys") or {})
+                if not pending:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**round_))
+            else:
+                raise self._unprocessed("BatchGetItem")
+        if len(found) < head.parts:
+            return None
+        return [found[f"{i:04d}"] for i in range(head.parts)]
+
+    def _unprocessed(self, operation: str) -> AccessException:
+        return AccessException(
+            f"{operation} in {self.location()} left items unprocessed after "
+            f"{_BATCH_ROUNDS} rounds (throttled)"
+        )
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        """Apply put or delete requests, 25 at a time, until none is left unprocessed."""
+        client = self._client or self.client
+        for start in range(0, len(requests), _BATCH_WRITE_ITEMS):
+            pending: dict[str, Any] = {self._table: requests[start : start + _BATCH_WRITE_ITEMS]}
+            for round_ in range(_BATCH_ROUNDS):
+                try:
+                    answer = client.batch_write_item(RequestItems=pending)
+                except ClientError as exc:
+                    self._check_error(exc)
+                    raise
+                pending = dict(answer.get("UnprocessedItems") or {})
+                if not pending:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**round_))
+            else:
+                raise self._unprocessed("BatchWriteItem")
+
+    def _delete_chunks(self, version: str, parts: int) -> None:
+        """Delete a version's chunks, best effort: the sweep removes what this leaves."""
+        chunk_pk = _CHUNK_PREFIX + version
+        try:
+            self._batch_write(
+                [
+                    {"DeleteRequest": {"Key": {"pk": {"S": chunk_pk}, "sk": {"S": f"{i:04d}"}}}}
+                    for i in range(parts)
+                ]
+            )
+        except (ClientError, BotoCoreError, AccessException) as exc:
+            _logger.warning(
+                "could not delete the %d chunks of version %s in %s (collect_garbage() will): %s",
+                parts,
+                version,
+                self.location(),
+                exc,
+            )
+
+    def _replaced(self, answer: Any) -> None:
+        """Delete the chunks of the head a request replaced, if it had any."""
+        old = answer.get("Attributes") or {}
+        if "version" in old and "parts" in old:
+            self._delete_chunks(str(old["version"]["S"]), int(old["parts"]["N"]))
+
+    def _condition(self, expected: Expected, values: dict[str, Any]) -> tuple[str | None, bool]:
+        """The condition for ``expected``, and whether the stored value may be chunked.
+
+        :param values: The request's attribute values, to which this adds its own.
+        """
+        if expected is ANY:
+            return None, True
+        if expected is ABSENT:
+            return _ABSENT, False
+        if expected.isascii() and len(expected) <= INLINE_VALUE_BYTES:
+            values[":expected"] = {"S": expected}
+            return "#data = :expected", False
+        data = expected.encode("utf-8")
+        if len(data) <= INLINE_VALUE_BYTES:
+            values[":expected"] = {"S": expected}
+            return "#data = :expected", False
+        values[":digest_expected"] = {"S": _digest(data)}
+        if len(data) > _UPSTREAM_DATA_BYTES:
+            return "#digest = :digest_expected", True
+        values[":expected"] = {"S": expected}
+        return "(#data = :expected OR #digest = :digest_expected)", True
+
+    def _update(
+        self,
+        pk: str,
+        sk: str,
+        update: str,
+        values: dict[str, Any],
+        condition: str | None,
+        return_old: bool,
+    ) -> Any:
+        """One ``UpdateItem``; ``None`` when its condition failed."""
+        client = self._client or self.client
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "UpdateExpression": update,
+            "ExpressionAttributeValues": values,
+        }
+        if condition is not None:
+            request["ConditionExpression"] = condition
+            request["ExpressionAttributeNames"] = _names(update, condition)
+        else:
+            request["ExpressionAttributeNames"] = _names(update)
+        if return_old:
+            request["ReturnValues"] = "ALL_OLD"
+        try:
+            return client.update_item(**request)
+        except ClientError as exc:
+            if self._check_error(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+
+    @override
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+        """Atomic: one conditional ``UpdateItem`` of the key's item.
+
+        A small value is that one request. An unconditional small write requires the
+        old value to be small or absent (the common case: one request); when it is
+        large, the write is made again, unconditionally, returning the old head so that
+        its chunks can go. A large value is packed into the same request, or its chunks
+        are written first under a fresh version, which the request then switches to.
+        """
+        if value.isascii() and len(value) <= INLINE_VALUE_BYTES:
+            data = None
+        else:
+            data = value.encode("utf-8")
+            if len(data) <= INLINE_VALUE_BYTES:
+                data = None
+        if data is None:
+            return self._write_small(pk, sk, value, expected)
+        return self._write_large(pk, sk, data, expected)
+
+    def _write_small(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+        values: dict[str, Any] = {":value": {"S": value}}
+        if expected is ANY:
+            if self._update(pk, sk, "SET #data = :value", values, _NOT_LARGE, False):
+                return True
+            update = f"SET #data = :value REMOVE {_LARGE_ATTRIBUTES}"
+            self._replaced(self._update(pk, sk, update, values, None, True))
+            return True
+        condition, may_be_chunked = self._condition(expected, values)
+        if may_be_chunked:
+            update = f"SET #data = :value REMOVE {_LARGE_ATTRIBUTES}"
+        else:
+            # The stored value is absent or small: there is nothing to remove.
+            update = "SET #data = :value"
+        answer = self._update(pk, sk, update, values, condition, may_be_chunked)
+        if answer is None:
+            return False
+        self._replaced(answer)
+        return True
+
+    def _write_large(self, pk: str, sk: str, data: bytes, expected: Expected) -> bool:
+        packed = zlib.compress(data, _COMPRESSION_LEVEL)
+        values: dict[str, Any] = {":digest": {"S": _digest(data)}}
+        version = None
+        if len(packed) <= _PACKED_BYTES:
+            update = "SET #packed = :packed, #digest = :digest REMOVE #data, #version, #parts"
+            values[":packed"] = {"B": packed}
+        else:
+            version = uuid.uuid4().hex
+            try:
+                parts = self._put_chunks(pk, sk, version, packed)
+            except (ClientError, BotoCoreError, AccessException):
+                self._delete_chunks(version, -(-len(packed) // _CHUNK_BYTES))
+                raise
+            update = (
+                "SET #digest = :digest, #version = :version, #parts = :parts REMOVE #data, #packed"
+            )
+            values[":version"] = {"S": version}
+            values[":parts"] = {"N": str(parts)}
+        # Should this request fail without an answer (a timeout after DynamoDB applied
+        # it), the new chunks stay: collect_garbage() removes them if no head names them.
+        condition, may_be_chunked = self._condition(expected, values)
+        answer = self._update(pk, sk, update, values, condition, may_be_chunked)
+        if answer is None:
+            if version is not None:
+                self._delete_chunks(version, int(values[":parts"]["N"]))
+            return False
+        self._replaced(answer)
+        return True
+
+    def _put_chunks(self, pk: str, sk: str, version: str, packed: bytes) -> int:
+        """Write the compressed value as chunk items; return how many.
+
+        :raises AccessException: Writing took longer than :data:`WRITE_DEADLINE`.
+        """
+        started = time.monotonic()
+        chunk_pk = {"S": _CHUNK_PREFIX + version}
+        owner = {"of_pk": {"S": pk}, "of_sk": {"S": sk}, "at": {"N": str(int(time.time()))}}
+        requests = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "pk": chunk_pk,
+                        "sk": {"S": f"{index:04d}"},
+                        "part": {"B": packed[offset : offset + _CHUNK_BYTES]},
+                        **owner,
+                    }
+                }
+            }
+            for index, offset in enumerate(range(0, len(packed), _CHUNK_BYTES))
+        ]
+        self._batch_write(requests)
+        if time.monotonic() - started > WRITE_DEADLINE:
+            self._delete_chunks(version, len(requests))
+            raise AccessException(
+                f"set of {describe_key(pk, sk)} failed in {self.location()}: writing "
+                f"{len(requests)} chunks took over {WRITE_DEADLINE:.0f} s; nothing changed"
+            )
+        return len(requests)
+
+    @override
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+        """Atomic: one ``DeleteItem``, with the condition of ``expected``.
+
+        An unconditional delete first requires the value not to be chunked (one
+        request); when it is, it deletes again, returning the head so that its chunks
+        can go. Chunks are deleted after the head.
+        """
+        values: dict[str, Any] = {}
+        if expected is ANY:
+            condition: str | None = "attribute_not_exists(#version)"
+            may_be_chunked = False
+        else:
+            condition, may_be_chunked = self._condition(expected, values)
+        answer = self._delete(pk, sk, condition, values, may_be_chunked)
+        if answer is None:
+            if expected is not ANY:
+                return False
+            answer = self._delete(pk, sk, None, values, True)
+        self._replaced(answer)
+        return True
+
+    def _delete(
+        self,
+        pk: str,
+        sk: str,
+        condition: str | None,
+        values: dict[str, Any],
+        return_old: bool,
+    ) -> Any:
+        """One ``DeleteItem``; ``None`` when its condition failed."""
+        client = self._client or self.client
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+        }
+        if condition is not None:
+            request["ConditionExpression"] = condition
+            request["ExpressionAttributeNames"] = _names(condition)
+            if values:
+                request["ExpressionAttributeValues"] = values
+        if return_old:
+            request["ReturnValues"] = "ALL_OLD"
+        try:
+            return client.delete_item(**request)
+        except ClientError as exc:
+            if self._check_error(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+
+    @override
+    def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+        """A ``Query`` of one partition, or a ``Scan``; consistent reads, page by page.
+
+        Each page is one request; an entry is yielded as it was when its page was read.
+        A chunked value is read again whole (see :meth:`_read`); chunk items are not
+        entries.
+        """
+        client = self.client
+        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        if pk is not None:
+            request["KeyConditionExpression"] = "#pk = :pk"
+            request["FilterExpression"] = _PRESENT
+            request["ExpressionAttributeValues"] = {":pk": {"S": pk}}
+        elif prefix:
+            request["FilterExpression"] = f"begins_with(#pk, :prefix) AND {_PRESENT}"
+            request["ExpressionAttributeValues"] = {":prefix": {"S": prefix}}
+        else:
+            request["FilterExpression"] = _PRESENT
+        request["ExpressionAttributeNames"] = _names(_PRESENT)
+        if pk is not None or prefix:
+            request["ExpressionAttributeNames"]["#pk"] = "pk"
+        while True:
+            try:
+                page = client.query(**request) if pk is not None else client.scan(**request)
+            except ClientError as exc:
+                self._check_error(exc)
+                raise
+            for item in page.get("Items", []):
+                item_pk, item_sk = str(item["pk"]["S"]), str(item["sk"]["S"])
+                value = self._decode(item, item_pk, item_sk)
+                if isinstance(value, _Chunked):
+                    value = self._read(item_pk, item_sk)
+                if value is not ABSENT:
+                    yield CacheEntry(item_pk, item_sk, value)
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            request["ExclusiveStartKey"] = last
+
+    def collect_garbage(self, *, older_than: float = 3600.0) -> int:
+        """Delete chunk items that no value refers to: the maintenance call.
+
+        A writer killed between writing a large value's chunks and switching its head
+        to them, or between that switch and deleting the old chunks, leaves chunks that
+        no head names. They are never read; this finds them (one paginated ``Scan``)
+        and deletes them, checking each version's head first (one ``GetItem``).
+
+        :param older_than: Leave chunks written less than this many seconds ago: they
+            may belong to a write in flight. Keep it well above
+            :data:`WRITE_DEADLINE` plus the clock skew between hosts.
+        :raises ConfigurationException: The table does not exist.
+        :raises AccessException: DynamoDB failed.
+        :return: How many chunk items were deleted.
+        """
+        client = self.client
+        cutoff = time.time() - older_than
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "ConsistentRead": True,
+            "FilterExpression": "begins_with(#pk, :prefix) AND attribute_exists(#part)",
+            "ProjectionExpression": "#pk, #sk, #of_pk, #of_sk, #at",
+            "ExpressionAttributeNames": {
+                "#pk": "pk",
+                "#sk": "sk",
+                "#part": "part",
+                "#of_pk": "of_pk",
+                "#of_sk": "of_sk",
+                "#at": "at",
+            },
+            "ExpressionAttributeValues": {":prefix": {"S": _CHUNK_PREFIX}},
+        }
+        versions: dict[str, tuple[str, str, float, list[str]]] = {}
+        try:
+            while True:
+                try:
+                    page = client.scan(**request)
+                except ClientError as exc:
+                    self._check_error(exc)
+                    raise
+                for item in page.get("Items", []):
+                    version = str(item["pk"]["S"])[len(_CHUNK_PREFIX) :]
+                    owner_pk, owner_sk = str(item["of_pk"]["S"]), str(item["of_sk"]["S"])
+                    written = float(str(item["at"]["N"]))
+                    _, _, newest, sks = versions.setdefault(
+                        version, (owner_pk, owner_sk, written, [])
+                    )
+                    sks.append(str(item["sk"]["S"]))
+                    if written > newest:
+                        versions[version] = (owner_pk, owner_sk, written, sks)
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                request["ExclusiveStartKey"] = last
+            deleted = 0
+            for version, (owner_pk, owner_sk, newest, sks) in versions.items():
+                if newest > cutoff:
+                    continue
+                head = client.get_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": owner_pk}, "sk": {"S": owner_sk}},
+                    ConsistentRead=True,
+                    ProjectionExpression="#version",
+                    ExpressionAttributeNames={"#version": "version"},
+                ).get("Item", {})
+                if head.get("version", {}).get("S") == version:
+                    continue
+                chunk_pk = {"S": _CHUNK_PREFIX + version}
+                self._batch_write(
+                    [{"DeleteRequest": {"Key": {"pk": chunk_pk, "sk": {"S": sk}}}} for sk in sks]
+                )
+                deleted += len(sks)
+        except self.driver_errors as exc:
+            raise AccessException(
+                f"collecting garbage failed in {self.location()}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return deleted
+
+    def create_table(self, *, timeout: float = 300.0) -> bool:
+        """Create the table with Grove's schema and on-demand billing, if it is missing.
+
+        Idempotent: an existing table with the right keys is left as it is. Either way,
+        this waits until the table is active.
+
+        :param timeout: Seconds to wait for the table to become active.
+        :raises ConfigurationException: The table exists with other keys.
+        :raises AccessException: DynamoDB refused or failed, or the table did not become
+            active in time.
+        :return: ``True`` when the table was created, ``False`` when it existed.
+        """
+        client = self.client
+        try:
+            try:
+                client.create_table(
+                    TableName=self._table,
+                    AttributeDefinitions=[
+                        {"AttributeName": "pk", "AttributeType": "S"},
+                        {"AttributeName": "sk", "AttributeType": "S"},
+                    ],
+                    KeySchema=[
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                created = True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                    raise
+                created = False
+            delay = 2
+            client.get_waiter("table_exists").wait(
+                TableName=self._table,
+                WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout // delay))},
+            )
+            table = client.describe_table(TableName=self._table)["Table"]
+        except (ClientError, BotoCoreError, WaiterError) as exc:
+            raise AccessException(
+                f"creating the table failed in {self.location()}: {type(exc).__name__}: {exc}"
+            ) from exc
+        keys = {key["AttributeName"]: key["KeyType"] for key in table.get("KeySchema", [])}
+        types = {
+            attribute["AttributeName"]: attribute["AttributeType"]
+            for attribute in table.get("AttributeDefinitions", [])
+        }
+        if (
+            keys != {"pk": "HASH", "sk": "RANGE"}
+            or types.get("pk") != "S"
+            or types.get("sk") != "S"
+        ):
+            raise ConfigurationException(
+                f"{self.location()} exists with keys {keys} of types {types}; Grove needs a "
+                "string hash key 'pk' and a string range key 'sk' "
+                "(GROVE_CACHE_AWS_DYNAMODB_TABLE names another table)"
+            )
+        return created
+
+
+def create_table(config: Configuration | None = None, *, timeout: float = 300.0) -> bool:
+    """Create the table that ``config`` names, if it is missing; see :meth:`Handler.create_table`.
+
+    :param config: The settings; read from the environment when ``None``.
+    :param timeout: Seconds to wait for the table to become active.
+    :raises ConfigurationException: A setting is invalid, or the table exists with other keys.
+    :raises AccessException: DynamoDB refused or failed.
+    :return: ``True`` when the table was created, ``False`` when it existed.
+    """
+    return Handler(config).create_table(timeout=timeout)
