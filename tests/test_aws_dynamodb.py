@@ -179,6 +179,7 @@ def test_create_table_is_idempotent(moto_endpoint: str, table_name: str) -> None
     cache = make_handler(moto_endpoint, table_name)
     assert cache.create_table() is True
     assert cache.create_table() is False
+    assert cache.create_storage().startswith("found ")
     cache.setup()
     cache.set("pk", "sk", "v")
     table = raw_client(moto_endpoint).describe_table(TableName=table_name)["Table"]

@@ -914,6 +914,17 @@ class Handler(AtomicCache):
             )
         return created
 
+    @override
+    def create_storage(self) -> str:
+        """Create the table if it is missing; see :meth:`create_table`.
+
+        :raises ConfigurationException: The table exists with other keys.
+        :raises AccessException: DynamoDB refused or failed.
+        :return: What was done, in one line.
+        """
+        created = self.create_table()
+        return f"{'created' if created else 'found'} {self.location()}"
+
 
 def create_table(config: Configuration | None = None, *, timeout: float = 300.0) -> bool:
     """Create the table that ``config`` names, if it is missing; see :meth:`Handler.create_table`.
