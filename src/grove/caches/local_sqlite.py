@@ -184,6 +184,7 @@ class Handler(AtomicCache):
         """
         self.config = config if config is not None else Configuration.from_environment()
         self.path = os.path.abspath(self.config.path)
+        self._location = f"local_sqlite cache at {self.path}"
         self._synchronous = self.config.synchronous.upper()
         self._local = threading.local()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
@@ -191,7 +192,7 @@ class Handler(AtomicCache):
 
     @override
     def location(self) -> str:
-        return f"local_sqlite cache at {self.path}"
+        return self._location
 
     @override
     def setup(self) -> None:
