@@ -25,9 +25,9 @@ caller was told was written survives a power loss too; ``normal`` fsyncs only at
 checkpoints, faster, and may lose the last writes (never corrupt the file) on power loss.
 
 Connections: each thread gets its own connection, opened on its first call and closed
-when the thread ends, the handler is closed or garbage-collected. A process forked from
-one that used the handler opens its own connections; the parent's are never touched in
-the child.
+when the thread ends, when the handler is closed, or when it is garbage-collected. A
+process forked from one that used the handler opens its own connections; the parent's
+are never touched in the child.
 """
 
 from __future__ import annotations
@@ -303,7 +303,8 @@ class Handler(AtomicCache):
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
     def _enable_wal(self, connection: sqlite3.Connection) -> None:
