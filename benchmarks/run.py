@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from benchmarks.suite import Suite
 from grove.caches.benchmark import compare, format_table, measure
 
-HANDLERS = ("local_memory", "aws_dynamodb")
+HANDLERS = ("local_memory", "aws_dynamodb", "local_sqlite")
 """Handlers with a module of the same name in this folder."""
 
 

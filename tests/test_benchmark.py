@@ -1,6 +1,7 @@
 """The benchmark harness measures what it says and leaves the store as it found it."""
 
 from benchmarks.local_memory import LockedDict
+from benchmarks.local_sqlite import BulkLoadedHandler, DiskCache, RawSqlite
 from grove.caches.benchmark import OPERATIONS, Workload, compare, format_table, measure
 from grove.caches.local_memory import Handler
 
@@ -34,3 +35,31 @@ def test_remove_after_leaves_a_live_store_as_it_was() -> None:
         operations=["set new", "compare-and-set", "delete"],
     )
     assert handler._partitions == {"pointer.production": {"all": "keep me"}}
+
+
+def test_a_subject_with_populate_is_filled_in_bulk() -> None:
+    class BulkLoaded(LockedDict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loaded: list[tuple[str, str, str]] = []
+
+        def populate(self, entries: list[tuple[str, str, str]]) -> None:
+            self.loaded = entries
+            self._data.update(((pk, sk), value) for pk, sk, value in entries)
+
+    store = BulkLoaded()
+    measure({"bulk": store}, Workload(keys=40, calls=100, repeats=1), ["get hit"])
+    assert len({(pk, sk) for pk, sk, _ in store.loaded}) == 40
+    assert len(store._data) == 40
+
+
+def test_local_sqlite_subjects_measure_and_keep_their_keys() -> None:
+    handler, raw, peer = BulkLoadedHandler("normal"), RawSqlite("normal"), DiskCache("normal")
+    results = measure(
+        {"handler": handler, "floor": raw, "diskcache": peer},
+        Workload(keys=30, calls=60, repeats=1),
+    )
+    assert all(list(result) == list(OPERATIONS) for result in results.values())
+    assert len(list(handler.entries())) == 30
+    assert raw._db.execute("SELECT count(*) FROM entries").fetchone() == (30,)
+    assert len(peer._cache) == 30

@@ -4,7 +4,10 @@ A *floor* is the least work that the operation needs on the same storage (a dict
 lock, a raw file write and rename, the raw request), measured in the same run, so the
 ratio handler/floor says what the handler's own layer costs on a shared, noisy machine.
 A floor implements the three methods of :class:`KeyValue` with whatever raw calls it
-stands for; it need not enforce the contract.
+stands for; it need not enforce the contract. A subject may also offer
+``populate(entries)``, which stores a list of ``(pk, sk, value)`` in bulk: the store is
+then filled that way before measuring, instead of by one ``set`` per key (which takes
+hours for a million keys on a store that syncs every write).
 
 Each operation runs ``repeats`` times, subject and floor alternating, and the best run of
 each counts: throughput from a loop timed as a whole, latency from a second loop that
@@ -121,6 +124,10 @@ class _Run:
         self.runs = 0
 
     def populate(self) -> None:
+        bulk = getattr(self.store, "populate", None)
+        if bulk is not None:
+            bulk([(pk, sk, self.values[0]) for pk, sk in self.stored_keys])
+            return
         for pk, sk in self.stored_keys:
             self.store.set(pk, sk, self.values[0])
 

@@ -1,0 +1,500 @@
+"""local_sqlite: the conformance suite, plus what only a SQLite file has."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import random
+import re
+import signal
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grove.caches import BaseCache, CacheEntry, load
+from grove.caches.local_sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Configuration,
+    Handler,
+    prefix_end,
+)
+from grove.caches.testing import ListingConformance, SharedCacheConformance
+from grove.exceptions import AccessException, ConfigurationException, DataFormatException
+
+
+class TestLocalSqliteConformance(SharedCacheConformance, ListingConformance):
+    @pytest.fixture
+    def database(self, tmp_path: Path) -> str:
+        return str(tmp_path / "cache.db")
+
+    @pytest.fixture
+    def cache(self, database: str) -> Handler:
+        return Handler(Configuration(path=database))
+
+    @pytest.fixture
+    def cache_factory(self, database: str) -> Callable[[], BaseCache]:
+        return functools.partial(Handler, Configuration(path=database))
+
+
+def _handler(path: Path | str, **settings: Any) -> Handler:
+    return Handler(Configuration(path=str(path), **settings))
+
+
+def _pragma(cache: Handler, name: str) -> Any:
+    return cache._cursor().connection.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# -- the file ------------------------------------------------------------------------
+
+
+def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    cache.setup()
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION == 1
+    assert _pragma(cache, "application_id") == APPLICATION_ID
+    assert _pragma(cache, "journal_mode") == "wal"
+    with closing(sqlite3.connect(tmp_path / "cache.db")) as raw:
+        (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
+        columns = raw.execute("PRAGMA table_info(entries)").fetchall()
+    assert "WITHOUT ROWID" in sql
+    assert [(name, kind, primary) for _, name, kind, _, _, primary in columns] == [
+        ("pk", "TEXT", 1),
+        ("sk", "TEXT", 2),
+        ("value", "TEXT", 0),
+    ]
+
+
+def test_existing_file_is_reused(tmp_path: Path) -> None:
+    _handler(tmp_path / "cache.db").set("pk", "sk", "kept")
+    assert _handler(tmp_path / "cache.db").get("pk", "sk") == "kept"
+
+
+def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    _handler(path).setup()
+    with closing(sqlite3.connect(path)) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    cache = _handler(path)
+    with pytest.raises(ConfigurationException, match=r"GROVE_CACHE_LOCAL_SQLITE_PATH.*newer"):
+        cache.setup()
+    with pytest.raises(ConfigurationException, match="schema version 2"):
+        cache.get("pk", "sk")
+
+
+def test_database_of_another_application_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as raw:
+        raw.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY)")
+        raw.commit()
+    with pytest.raises(ConfigurationException, match="another application"):
+        _handler(path).set("pk", "sk", "v")
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT count(*) FROM sqlite_master").fetchone() == (1,)
+
+
+def test_an_existing_empty_file_becomes_a_cache(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
+    cache = _handler(tmp_path / "empty.db")
+    cache.set("pk", "sk", "v")
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+
+
+def test_file_and_directories_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    path = tmp_path / "new" / "nested" / "cache.db"
+    previous = os.umask(0)
+    try:
+        cache = _handler(path)
+        cache.set("pk", "sk", "v")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for companion in ("-wal", "-shm"):
+        assert stat.S_IMODE(Path(f"{path}{companion}").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new" / "nested").stat().st_mode) == 0o700
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # not made by us: left alone
+
+
+def test_not_a_database_is_an_access_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are not the pages you are looking for\n" * 200)
+    cache = _handler(path)
+    with pytest.raises(AccessException, match=re.escape(str(path)) + ".*not a database"):
+        cache.setup()
+    with pytest.raises(AccessException, match=re.escape(str(path))):
+        cache.get("pk", "sk")
+    with pytest.raises(AccessException, match=re.escape(str(path))):
+        cache.set("pk", "sk", "v")
+    assert path.read_bytes().startswith(b"these are not")
+
+
+def test_corrupt_file_is_an_access_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    for index in range(200):
+        cache.set(f"pk{index}", "sk", "v" * 100)
+    cache.close()  # the last connection folds the WAL back into the file
+    assert not Path(f"{path}-wal").exists()
+    page_size = 4096
+    with path.open("r+b") as file:
+        file.seek(page_size)  # page 2 onwards: the table, not the header
+        file.write(b"\xa5" * page_size * 3)
+    with pytest.raises(
+        AccessException, match="get of .* failed in local_sqlite cache at " + re.escape(str(path))
+    ):
+        _handler(path).get("pk100", "sk")
+
+
+def test_unopenable_path_is_an_access_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file, not a directory")
+    cache = _handler(tmp_path / "file" / "cache.db")
+    with pytest.raises(AccessException, match="cannot open local_sqlite cache at"):
+        cache.get("pk", "sk")
+
+
+# -- crashes -------------------------------------------------------------------------
+
+_CRASH_PK = "crash"
+_CRASH_SLOTS = 8
+
+
+def _crash_value(index: int) -> str:
+    """A value that names its write and spans pages: 1 to 60 KB of its own digits."""
+    size = 1_000 + (index * 7_919) % 60_000
+    return f"{index}:" + (f"{index:09d}" * (size // 9 + 1))[:size]
+
+
+def _crash_writer(path: str, start: int, acknowledgements: int) -> None:
+    """Overwrite the slots in a loop, reporting each write once set() has returned."""
+    cache = _handler(path, synchronous="full")
+    index = start
+    while True:
+        cache.set(_CRASH_PK, f"slot{index % _CRASH_SLOTS}", _crash_value(index))
+        os.write(acknowledgements, index.to_bytes(8, "big"))
+        index += 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_kill_9_loses_no_acknowledged_write_and_tears_no_value(tmp_path: Path) -> None:
+    path = str(tmp_path / "crash.db")
+    chance = random.Random(9)
+    acknowledged: dict[str, int] = {}  # slot: the newest write that set() confirmed
+    next_index = 0
+    kills = 0
+    for _ in range(120):
+        receiver, sender = os.pipe()
+        writer = os.fork()
+        if writer == 0:  # pragma: no cover - the child runs until it is killed
+            try:
+                os.close(receiver)
+                _crash_writer(path, next_index, sender)
+            finally:
+                os._exit(1)
+        os.close(sender)
+        with os.fdopen(receiver, "rb") as reports:
+            # Kill at a random moment: sometimes while it opens the file, mostly mid-write.
+            for _ in range(chance.randint(0, 12)):
+                index = int.from_bytes(reports.read(8), "big")
+                acknowledged[f"slot{index % _CRASH_SLOTS}"] = index
+            time.sleep(chance.random() * 0.004)
+            os.kill(writer, signal.SIGKILL)
+            _, status = os.waitpid(writer, 0)
+            kills += os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+            while report := reports.read(8):
+                index = int.from_bytes(report, "big")
+                acknowledged[f"slot{index % _CRASH_SLOTS}"] = index
+        # The writer may have committed one write beyond the last it reported.
+        newest = max(acknowledged.values(), default=-1)
+        attempted = newest + 1 if newest >= next_index else next_index
+        next_index = attempted + 1  # every write has an index of its own
+
+        with closing(sqlite3.connect(path)) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        cache = _handler(path)
+        stored = {entry.sk: entry.value for entry in cache.entries(_CRASH_PK)}
+        cache.close()
+        assert set(acknowledged) <= set(stored)
+        for slot, value in stored.items():
+            index = int(value.partition(":")[0])
+            assert value == _crash_value(index), f"{slot} holds a torn value"
+            assert slot == f"slot{index % _CRASH_SLOTS}"
+            assert acknowledged.get(slot, -1) <= index <= attempted, slot
+    assert kills >= 100
+    assert len(acknowledged) == _CRASH_SLOTS
+
+
+# -- locking -------------------------------------------------------------------------
+
+
+def test_a_busy_file_is_an_access_error_after_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path, busy_timeout=0.05)
+    cache.set("pk", "sk", "v")
+    with closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as other:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        with pytest.raises(AccessException, match=r"set of .*database is locked"):
+            cache.set("pk", "sk", "w")
+        with pytest.raises(AccessException, match=r"delete of .*database is locked"):
+            cache.delete("pk", "sk", constraint="v")
+        assert cache.get("pk", "sk") == "v"  # readers do not wait for a writer
+        other.execute("ROLLBACK")
+    cache.set("pk", "sk", "w", constraint="v")
+    assert cache.get("pk", "sk") == "w"
+
+
+def test_a_busy_file_is_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path, busy_timeout=60)
+    cache.set("pk", "sk", "0")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE entries SET value = '1'")
+    locked = threading.Event()
+
+    def release_soon() -> None:
+        locked.wait()
+        time.sleep(0.2)
+        other.execute("COMMIT")
+        other.close()
+
+    releaser = threading.Thread(target=release_soon)
+    releaser.start()
+    locked.set()
+    cache.set("pk", "sk", "2", constraint="1")  # waits for the commit, then sees '1'
+    releaser.join()
+    assert cache.get("pk", "sk") == "2"
+
+
+def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "fresh" / "cache.db")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(6)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_open_and_write, args=(path, f"w{i}", barrier, results))
+        for i in range(6)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert outcomes == [f"w{i}: ok" for i in range(6)]
+    cache = _handler(path)
+    assert sorted(entry.sk for entry in cache.entries("pk")) == [f"w{i}" for i in range(6)]
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+
+
+def _open_and_write(path: str, name: str, barrier: Any, results: Any) -> None:
+    cache = _handler(path)
+    barrier.wait()
+    try:
+        cache.set("pk", name, name, not_set=True)
+    except Exception as exc:
+        results.put(f"{name}: {type(exc).__name__}: {exc}")
+    else:
+        results.put(f"{name}: ok")
+
+
+# -- connections ---------------------------------------------------------------------
+
+
+def test_each_thread_has_its_own_connection_closed_with_the_thread(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    cache.set("pk", "sk", "v")
+    mine = cache._cursor().connection
+    seen: list[sqlite3.Connection] = []
+
+    def work() -> None:
+        assert cache.get("pk", "sk") == "v"
+        seen.append(cache._cursor().connection)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(connection) for connection in [mine, *seen]}) == 5
+    assert list(cache._connections) == [cache._local.connection]
+    for connection in seen:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
+
+
+def test_close_closes_every_connection_and_reopens_on_use(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "v")
+    assert Path(f"{path}-wal").exists()
+    cache.close()
+    assert not Path(f"{path}-wal").exists()  # the last connection to close removes it
+    assert cache.get("pk", "sk") == "v"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    cache.set("pk", "parent", "1")
+    parents = cache._cursor().connection
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which never returns
+        code = 1
+        try:
+            fresh = cache._cursor().connection is not parents
+            cache.set("pk", "child", cache.get("pk", "parent") + "2")
+            os.write(writer, b"fresh" if fresh else b"inherited")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report == b"fresh"
+    assert cache._cursor().connection is parents
+    assert cache.get("pk", "child") == "12"
+    cache.set("pk", "parent", "3", constraint="1")
+
+
+# -- values and keys -----------------------------------------------------------------
+
+
+def test_text_after_a_nul_counts(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    cache.set("k\x00a", "s\x00a", "v\x00a")
+    cache.set("k\x00b", "s\x00a", "v\x00b")
+    cache.set("k\x00a", "s\x00b", "")
+    assert cache.get("k\x00a", "s\x00a") == "v\x00a"
+    assert cache.get("k\x00b", "s\x00a") == "v\x00b"
+    with pytest.raises(DataFormatException):
+        cache.set("k\x00a", "s\x00a", "w", constraint="v\x00b")
+    with pytest.raises(DataFormatException):
+        cache.delete("k\x00a", "s\x00a", constraint="v\x00")
+    cache.set("k\x00a", "s\x00a", "w", constraint="v\x00a")
+    assert sorted(cache.entries(prefix="k\x00")) == [
+        CacheEntry("k\x00a", "s\x00a", "w"),
+        CacheEntry("k\x00a", "s\x00b", ""),
+        CacheEntry("k\x00b", "s\x00a", "v\x00b"),
+    ]
+
+
+_EDGE_CHARACTERS = st.sampled_from(
+    [
+        *("\x00", "a", "b", "\x7f", "\x80", "\u07ff", "\u0800", "\ud7ff", "\ue000"),
+        *("\uffff", "\U00010000", "\U0010fffe", "\U0010ffff"),
+    ]
+)
+
+
+@given(prefix=st.text(_EDGE_CHARACTERS, min_size=1, max_size=4), key=st.text(_EDGE_CHARACTERS))
+def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: str, key: str) -> None:
+    end = prefix_end(prefix)
+    in_range = prefix <= key and (end is None or key < end)
+    assert in_range == key.startswith(prefix)
+    # SQLite orders TEXT by its UTF-8 bytes; so must the bound.
+    if end is not None:
+        encoded_in_range = prefix.encode() <= key.encode() < end.encode()
+        assert encoded_in_range == key.startswith(prefix)
+
+
+def test_listing_by_prefix_at_unicode_edges(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    keys = [
+        "p",
+        "p\x00",
+        "p\ud7ff",
+        "p\ue000",
+        "p\U0010ffff",
+        "p\U0010ffff\x00",
+        "q",
+        "o\U0010ffff",
+    ]
+    for key in keys:
+        cache.set(key, "sk", key)
+    for prefix in ["p", "p\ud7ff", "p\U0010ffff", "\U0010ffff", "o", "p\x00"]:
+        listed = sorted(entry.pk for entry in cache.entries(prefix=prefix))
+        assert listed == sorted(key for key in keys if key.startswith(prefix)), prefix
+
+
+def test_listing_is_a_snapshot_unaffected_by_writes(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    for index in range(300):
+        cache.set("pk", f"{index:04d}", str(index))
+    seen = []
+    for entry in cache.entries("pk"):
+        seen.append(entry.sk)
+        cache.delete("pk", entry.sk)  # on this thread's own connection
+        cache.set("pk", entry.sk + "-new", "x")
+    assert seen == [f"{index:04d}" for index in range(300)]
+    assert len(list(cache.entries("pk"))) == 300
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_SQLITE_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_SQLITE_SYNCHRONOUS", "Normal")
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_SQLITE_BUSY_TIMEOUT", "2.5")
+    cache = Handler()
+    cache.set("pk", "sk", "v")
+    assert cache.config.busy_timeout == 2.5
+    assert _pragma(cache, "synchronous") == 1  # NORMAL
+    assert (tmp_path / "env.db").exists()
+
+
+def test_synchronous_defaults_to_full(tmp_path: Path) -> None:
+    cache = _handler(tmp_path / "cache.db")
+    assert cache.config.synchronous == "full"
+    assert _pragma(cache, "synchronous") == 2  # FULL
+
+
+def test_load_by_entry_point_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GROVE_CACHE_HANDLER", "local_sqlite")
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_SQLITE_PATH", str(tmp_path / "loaded.db"))
+    cache = load()
+    assert isinstance(cache, Handler)
+    assert (tmp_path / "loaded.db").exists()  # setup() opened it
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SYNCHRONOUS", "off", "GROVE_CACHE_LOCAL_SQLITE_SYNCHRONOUS: Input should be 'full'"),
+        ("BUSY_TIMEOUT", "-1", "GROVE_CACHE_LOCAL_SQLITE_BUSY_TIMEOUT: Input should be greater"),
+        ("BUSY_TIMEOUT", "soon", "GROVE_CACHE_LOCAL_SQLITE_BUSY_TIMEOUT: Input should be a"),
+        ("PATH", ":memory:", "GROVE_CACHE_LOCAL_SQLITE_PATH: .*use local_memory"),
+        ("PATH", "", "GROVE_CACHE_LOCAL_SQLITE_PATH: String should have at least 1"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_SQLITE_PATH", str(tmp_path / "cache.db"))
+    monkeypatch.setenv(f"GROVE_CACHE_LOCAL_SQLITE_{variable}", value)
+    with pytest.raises(ConfigurationException, match=message):
+        Handler()
+
+
+def test_missing_path_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GROVE_CACHE_LOCAL_SQLITE_PATH", raising=False)
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_LOCAL_SQLITE_PATH is required"):
+        Handler()
