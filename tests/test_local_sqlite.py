@@ -80,6 +80,13 @@ def test_existing_file_is_reused(tmp_path: Path) -> None:
     assert _handler(tmp_path / "cache.db").get("pk", "sk") == "kept"
 
 
+def test_create_storage_makes_the_file_once(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "cache.db"
+    assert _handler(path).create_storage() == f"created local_sqlite cache at {path}"
+    assert _handler(path).create_storage() == f"found local_sqlite cache at {path}"
+    assert _pragma(_handler(path), "user_version") == SCHEMA_VERSION
+
+
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
     _handler(path).setup()

@@ -204,6 +204,18 @@ class Handler(AtomicCache):
         """
         self._cursor()
 
+    @override
+    def create_storage(self) -> str:
+        """Create the database file and its table if they are missing; see :meth:`setup`.
+
+        :raises ConfigurationException: The file is not a Grove cache, or is newer.
+        :raises AccessException: The file cannot be created or opened.
+        :return: What was done, in one line.
+        """
+        existed = os.path.exists(self.path)
+        self.setup()
+        return f"{'found' if existed else 'created'} {self.location()}"
+
     def close(self) -> None:
         """Close the connections this handler opened, in every thread.
 
