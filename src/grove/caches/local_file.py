@@ -21,8 +21,11 @@ Atomicity
     A write goes to a fresh temporary file in the entry's directory, which then replaces the
     entry with ``os.replace`` (one ``rename``): a reader opens either the old file or the
     new one, whole, even if the writer is killed at any instant. A temporary file left by a
-    killed writer is never read (its name is not an entry's) and :meth:`Handler.setup`
-    removes those older than :data:`STALE_TEMPORARY_SECONDS`.
+    killed writer is never read (its name is not an entry's). :meth:`Handler.setup` tidies
+    the directory: it removes temporary files older than :data:`STALE_TEMPORARY_SECONDS`
+    and directories left empty by deletes. Deletes leave directories in place, as upstream
+    Grove does, so that taking and releasing a lock does not create and sync a directory
+    each time.
 
     Every write and delete holds a lock on the key's stripe, one of :data:`LOCK_STRIPES`
     lock files chosen by a hash of the key: ``fcntl.flock`` on the file, which excludes
@@ -30,9 +33,9 @@ Atomicity
     (they share the lock file's descriptor, so ``flock`` alone would not). The lock spans
     the check of a condition and the rename or unlink, so a conditional call is one step;
     unconditional writes and deletes take it too, so that none can land between another
-    call's check and its write. The value is written to its temporary file before the lock
-    is taken and the directory is synced after it is released, so the lock is held for a
-    read and a rename. Reads take no lock. ``flock`` does not work across hosts on network
+    call's check and its write. An unconditional write makes its temporary file before it
+    takes the lock, which it holds for the rename only; the directory is synced after the
+    lock is released. Reads take no lock. ``flock`` does not work across hosts on network
     file systems (NFS, SMB): they are not supported.
 
 Durability
@@ -124,7 +127,13 @@ _PLAIN_ENTRY = re.compile(
     r"/[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,248}"  # sk: at most NAME_MAX bytes with SUFFIX
 )
 
+_plain_entry = _PLAIN_ENTRY.fullmatch
+
 _READ_CHUNK = 65536
+# Bound once: the read path is short enough that attribute lookups show in its cost.
+_os_open = os.open
+_os_read = os.read
+_os_close = os.close
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _O_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _O_TEMPORARY = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -370,27 +379,32 @@ class _Spot:
     one from ``<path>`` and every call is made relative to the innermost descriptor.
     """
 
-    __slots__ = ("chain", "descriptors", "directory", "file", "names", "prefix", "stripe")
+    __slots__ = ("chain", "descriptors", "dir_fd", "directory", "file", "names", "prefix", "stripe")
 
-    def __init__(self, root: str, directories: list[str], name: str) -> None:
-        self.names = directories
-        self.chain = len(directories) > 1
-        relative = "/".join(directories) + "/" + name
-        self.stripe = zlib.crc32(relative.encode("ascii")) % LOCK_STRIPES
+    def __init__(self, root: str, pk: str, sk: str) -> None:
+        joined = f"{pk}/{sk}"
+        self.dir_fd: int | None = None
         self.descriptors: list[int] = []
-        if self.chain:
-            self.directory = ""
-            self.file = name
-            self.prefix = ""
-        else:
-            self.directory = f"{root}/{directories[0]}"
-            self.file = f"{self.directory}/{name}"
+        if _plain_entry(joined):
+            self.chain = False
+            self.names = [pk]
+            self.directory = f"{root}/{pk}"
             self.prefix = self.directory + "/"
-
-    @property
-    def dir_fd(self) -> int | None:
-        """The descriptor that paths are relative to, or ``None`` for plain paths."""
-        return self.descriptors[-1] if self.chain else None
+            self.file = f"{self.prefix}{sk}{SUFFIX}"
+            self.stripe = zlib.crc32(joined.encode("ascii")) % LOCK_STRIPES
+            return
+        files = encode_components(sk, SUFFIX)
+        self.names = [*encode_components(pk, ""), *files[:-1]]
+        self.chain = len(self.names) > 1
+        relative = "/".join([*self.names, files[-1]])
+        self.stripe = zlib.crc32(relative.encode("ascii")) % LOCK_STRIPES
+        if self.chain:
+            self.directory = self.prefix = ""
+            self.file = files[-1]
+        else:
+            self.directory = f"{root}/{self.names[0]}"
+            self.prefix = self.directory + "/"
+            self.file = self.prefix + files[-1]
 
     def open(self, root: str, *, create: bool, sync: bool) -> bool:
         """Open the chain of directories of a long key, creating them if asked.
@@ -405,15 +419,18 @@ class _Spot:
         self.close()
         try:
             self.descriptors.append(os.open(root, _O_DIRECTORY))
+            self.dir_fd = self.descriptors[-1]
         except FileNotFoundError:
             raise _missing_root(root) from None
         for name in self.names:
             parent = self.descriptors[-1]
             try:
                 self.descriptors.append(os.open(name, _O_DIRECTORY, dir_fd=parent))
+                self.dir_fd = self.descriptors[-1]
                 continue
             except FileNotFoundError:
                 if not create:
+                    self.close()
                     return False
             try:
                 os.mkdir(name, _DIRECTORY_MODE, dir_fd=parent)
@@ -423,6 +440,7 @@ class _Spot:
                 if sync:
                     os.fsync(parent)
             self.descriptors.append(os.open(name, _O_DIRECTORY, dir_fd=parent))
+        self.dir_fd = self.descriptors[-1]
         return True
 
     def make_directories(self, root: str, *, sync: bool) -> None:
@@ -439,23 +457,12 @@ class _Spot:
         else:
             _sync_directory(self.directory)
 
-    def remove_empty_directories(self) -> None:
-        """Remove the entry's directories, innermost first, while they are empty."""
-        try:
-            if not self.chain:
-                os.rmdir(self.directory)
-                return
-            for depth in range(len(self.names), 0, -1):
-                os.rmdir(self.names[depth - 1], dir_fd=self.descriptors[depth - 1])
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
-                raise
-
     def close(self) -> None:
         """Close the descriptors of a long key's directories."""
         for descriptor in self.descriptors:
             os.close(descriptor)
         self.descriptors.clear()
+        self.dir_fd = None
 
 
 class Handler(AtomicCache):
@@ -501,35 +508,29 @@ class Handler(AtomicCache):
         if not os.access(self._root, os.W_OK | os.X_OK):
             raise AccessException(f"{self.location()}: {self._root} is not writable ({variable})")
         try:
-            self.remove_stale_temporaries()
+            self.tidy()
         except OSError as exc:
             raise AccessException(
-                f"{self.location()}: cleaning up temporary files failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"{self.location()}: tidying the directory failed: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def remove_stale_temporaries(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
-        """Remove the temporary files that crashed writers left behind.
+    def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
+        """Remove the temporary files of crashed writers, and directories left empty.
 
-        :param older_than: Remove only files last modified this many seconds ago or more;
-            the default leaves every running writer's file alone.
+        :meth:`setup` calls this. It is safe while other handlers use the directory: a
+        writer recreates a directory removed under it, and a temporary file is removed only
+        when it is older than any write takes.
+
+        :param older_than: Remove temporary files last modified this many seconds ago or
+            more.
         :raises OSError: The directory cannot be read.
-        :return: How many files were removed.
+        :return: How many temporary files were removed.
         """
-        deadline = time.time() - older_than
-        removed = 0
-        for directory, names in self._walk_directories():
-            for name in names:
-                if not name.startswith(TEMPORARY_PREFIX):
-                    continue
-                try:
-                    status = os.stat(name, dir_fd=directory, follow_symlinks=False)
-                    if status.st_mtime <= deadline:
-                        os.unlink(name, dir_fd=directory)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
-        return removed
+        root = os.open(self._root, _O_DIRECTORY)
+        try:
+            return _tidy(root, time.time() - older_than)
+        finally:
+            os.close(root)
 
     # -- primitives ------------------------------------------------------------------
 
@@ -537,22 +538,29 @@ class Handler(AtomicCache):
     def _read(self, pk: str, sk: str) -> Stored:
         """Atomic: one ``open`` sees either the old or the new file of a rename; no lock."""
         joined = f"{pk}/{sk}"
-        if _PLAIN_ENTRY.fullmatch(joined):
-            data = _read_file(f"{self._root}/{joined}{SUFFIX}", None)
-        else:
-            spot = self._spot(pk, sk)
+        if _plain_entry(joined):
+            # The hot path, inlined: the keys Grove writes are their own file names.
             try:
-                data = (
-                    _read_file(spot.file, spot.dir_fd)
-                    if spot.open(self._root, create=False, sync=False)
-                    else None
-                )
+                descriptor = _os_open(f"{self._root}/{joined}{SUFFIX}", _O_READ)
+            except FileNotFoundError:
+                return self._absent()
+            try:
+                data = _os_read(descriptor, _READ_CHUNK)
+                if len(data) == _READ_CHUNK:
+                    data = _read_rest(descriptor, data)
+            finally:
+                _os_close(descriptor)
+        else:
+            spot = _Spot(self._root, pk, sk)
+            try:
+                if not spot.open(self._root, create=False, sync=False):
+                    return self._absent()
+                found = _read_file(spot.file, spot.dir_fd)
             finally:
                 spot.close()
-        if data is None:
-            if not os.path.isdir(self._root):
-                raise _missing_root(self._root)
-            return ABSENT
+            if found is None:
+                return self._absent()
+            data = found
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -560,39 +568,54 @@ class Handler(AtomicCache):
                 f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
             ) from None
 
+    def _absent(self) -> Stored:
+        """Return :data:`ABSENT`, unless the cache directory itself is gone."""
+        if not os.path.isdir(self._root):
+            raise _missing_root(self._root)
+        return ABSENT
+
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
         """Atomic: the check and the rename happen under the key's stripe lock.
 
-        A conditional write first checks without the lock and gives up at once when the
-        entry is not as expected: the refusal is true of the moment of that read.
+        An unconditional write makes its temporary file first and holds the lock only for
+        the rename. A conditional one takes the lock, reads and compares, and only then
+        writes, so a refused call writes nothing.
         """
-        spot = self._spot(pk, sk)
+        spot = _Spot(self._root, pk, sk)
+        locks = self._locks
         try:
-            if expected is not ANY:
-                if not spot.open(self._root, create=False, sync=False):
-                    current = None
-                else:
-                    current = _read_file(spot.file, spot.dir_fd)
-                if not _matches(current, expected):
-                    return False
-            spot.open(self._root, create=True, sync=self._fsync)
-            temporary = self._write_temporary(spot, value.encode("utf-8"))
-            try:
-                descriptor = self._locks.acquire(spot.stripe)
+            data = value.encode("utf-8")
+            if expected is ANY:
+                temporary = self._write_temporary(spot, data)
+                descriptor = locks.acquire(spot.stripe)
                 try:
-                    if expected is not ANY and not _matches(
-                        _read_file(spot.file, spot.dir_fd), expected
-                    ):
-                        os.unlink(temporary, dir_fd=spot.dir_fd)
-                        spot.remove_empty_directories()
-                        return False
                     os.replace(temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd)
+                except BaseException:
+                    _unlink_quietly(temporary, spot.dir_fd)
+                    raise
                 finally:
-                    self._locks.release(spot.stripe, descriptor)
-            except BaseException:
-                _unlink_quietly(temporary, spot.dir_fd)
-                raise
+                    locks.release(spot.stripe, descriptor)
+            else:
+                descriptor = locks.acquire(spot.stripe)
+                try:
+                    current = (
+                        _read_file(spot.file, spot.dir_fd)
+                        if spot.open(self._root, create=False, sync=False)
+                        else None
+                    )
+                    if not _matches(current, expected):
+                        return False
+                    temporary = self._write_temporary(spot, data)
+                    try:
+                        os.replace(
+                            temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd
+                        )
+                    except BaseException:
+                        _unlink_quietly(temporary, spot.dir_fd)
+                        raise
+                finally:
+                    locks.release(spot.stripe, descriptor)
             if self._fsync:
                 spot.sync_directory()
             return True
@@ -602,14 +625,11 @@ class Handler(AtomicCache):
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
         """Atomic: the check and the unlink happen under the key's stripe lock."""
-        spot = self._spot(pk, sk)
+        spot = _Spot(self._root, pk, sk)
         try:
             if not spot.open(self._root, create=False, sync=False):
-                if not os.path.isdir(self._root):
-                    raise _missing_root(self._root)
+                self._absent()  # raises if the cache directory itself is gone
                 return expected is ANY
-            if expected is not ANY and not _matches(_read_file(spot.file, spot.dir_fd), expected):
-                return False
             descriptor = self._locks.acquire(spot.stripe)
             try:
                 if expected is not ANY and not _matches(
@@ -624,7 +644,6 @@ class Handler(AtomicCache):
                 self._locks.release(spot.stripe, descriptor)
             if self._fsync:
                 spot.sync_directory()
-            spot.remove_empty_directories()
             return True
         finally:
             spot.close()
@@ -659,16 +678,14 @@ class Handler(AtomicCache):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _spot(self, pk: str, sk: str) -> _Spot:
-        files = encode_components(sk, SUFFIX)
-        return _Spot(self._root, [*encode_components(pk, ""), *files[:-1]], files[-1])
-
     def _write_temporary(self, spot: _Spot, data: bytes) -> str:
         """Write data to a new temporary file beside the entry; return its path.
 
         The name is unique to this process and call; ``O_EXCL`` makes sure that a name
         left by another process (after a PID was reused) is never written over.
         """
+        if spot.chain and not spot.descriptors:
+            spot.open(self._root, create=True, sync=self._fsync)
         for attempt in itertools.count():
             temporary = f"{spot.prefix}{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
             try:
@@ -696,34 +713,6 @@ class Handler(AtomicCache):
         os.close(descriptor)
         return temporary
 
-    def _walk_directories(self) -> Iterator[tuple[int, list[str]]]:
-        """Yield every directory of the cache (as a descriptor) with its file names."""
-        stack = [os.open(self._root, _O_DIRECTORY)]
-        try:
-            while stack:
-                directory = stack.pop()
-                try:
-                    names = []
-                    subdirectories = []
-                    with os.scandir(directory) as listing:
-                        for entry in listing:
-                            if entry.is_dir(follow_symlinks=False):
-                                if entry.name != LOCKS_DIRECTORY:
-                                    subdirectories.append(entry.name)
-                            else:
-                                names.append(entry.name)
-                    yield directory, names
-                    for name in subdirectories:
-                        try:
-                            stack.append(os.open(name, _O_DIRECTORY, dir_fd=directory))
-                        except FileNotFoundError:
-                            continue
-                finally:
-                    os.close(directory)
-        finally:
-            for directory in stack:
-                os.close(directory)
-
     def _scan_partition(self, partition: int, pk: str) -> Iterator[CacheEntry]:
         for sk, directory, name in _walk_entries(partition, []):
             data = _read_file(name, directory)
@@ -736,6 +725,38 @@ class Handler(AtomicCache):
                     f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
                 ) from None
             yield CacheEntry(pk, sk, value)
+
+
+def _tidy(directory: int, deadline: float) -> int:
+    """Remove stale temporary files below a directory, and its empty subdirectories."""
+    removed = 0
+    with os.scandir(directory) as listing:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+    for name, is_directory in entries:
+        if is_directory:
+            if name == LOCKS_DIRECTORY:
+                continue
+            try:
+                subdirectory = os.open(name, _O_DIRECTORY, dir_fd=directory)
+            except FileNotFoundError:
+                continue
+            try:
+                removed += _tidy(subdirectory, deadline)
+            finally:
+                os.close(subdirectory)
+            try:
+                os.rmdir(name, dir_fd=directory)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                    raise
+        elif name.startswith(TEMPORARY_PREFIX):
+            try:
+                if os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime <= deadline:
+                    os.unlink(name, dir_fd=directory)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 def _matches(current: bytes | None, expected: Expected) -> bool:
