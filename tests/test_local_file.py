@@ -122,6 +122,21 @@ def test_only_names_that_escaping_makes_decode(name: str) -> None:
             assert encode_components(key, suffix) == [name]
 
 
+@given(
+    pk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
+    sk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
+)
+def test_fast_path_for_plain_keys_agrees_with_escaping(pk: str, sk: str) -> None:
+    spot = _Spot("/cache", pk, sk)
+    directories = encode_components(pk, "")
+    files = encode_components(sk, SUFFIX)
+    if len(directories) == len(files) == 1:
+        assert spot.file == f"/cache/{directories[0]}/{files[0]}"
+    else:
+        assert spot.chain and spot.file == files[-1]
+        assert spot.names == [*directories, *files[:-1]]
+
+
 @pytest.mark.parametrize(
     ("key", "name"),
     [

@@ -14,6 +14,7 @@ handler with its floors; ``grove-cache bench`` runs it for the configured handle
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -205,6 +206,9 @@ def measure(
         run.populate()
     results: dict[str, dict[str, Measurement]] = {name: {} for name in subjects}
     for operation in operations:
+        # Flush what filling and the previous operation wrote: otherwise the disk's
+        # write-back lands on whichever file-backed subject happens to run next.
+        os.sync()
         best_rate = dict.fromkeys(subjects, 0.0)
         best_latency: dict[str, list[float]] = {}
         for _ in range(workload.repeats):

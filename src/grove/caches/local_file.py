@@ -129,7 +129,7 @@ _PLAIN_ENTRY = re.compile(
 
 _plain_entry = _PLAIN_ENTRY.fullmatch
 
-_READ_CHUNK = 65536
+_READ_CHUNK = 65536  # written out in Handler._read, the hot path
 # Bound once: the read path is short enough that attribute lookups show in its cost.
 _os_open = os.open
 _os_read = os.read
@@ -479,6 +479,7 @@ class Handler(AtomicCache):
         """
         self.config = config if config is not None else Configuration.from_environment()
         self._root = os.path.abspath(self.config.path)
+        self._prefix = self._root + "/"
         self._fsync = self.config.fsync
         self._locks = _locks_for(self._root)
 
@@ -502,11 +503,9 @@ class Handler(AtomicCache):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if not stat.S_ISDIR(status.st_mode):
-            raise AccessException(
-                f"{self.location()}: {self._root} is not a directory ({variable})"
-            )
+            raise AccessException(f"{self.location()}: not a directory ({variable})")
         if not os.access(self._root, os.W_OK | os.X_OK):
-            raise AccessException(f"{self.location()}: {self._root} is not writable ({variable})")
+            raise AccessException(f"{self.location()}: the directory is not writable ({variable})")
         try:
             self.tidy()
         except OSError as exc:
@@ -541,12 +540,12 @@ class Handler(AtomicCache):
         if _plain_entry(joined):
             # The hot path, inlined: the keys Grove writes are their own file names.
             try:
-                descriptor = _os_open(f"{self._root}/{joined}{SUFFIX}", _O_READ)
+                descriptor = _os_open(f"{self._prefix}{joined}.cache", _O_READ)
             except FileNotFoundError:
                 return self._absent()
             try:
-                data = _os_read(descriptor, _READ_CHUNK)
-                if len(data) == _READ_CHUNK:
+                data = _os_read(descriptor, 65536)
+                if len(data) == 65536:
                     data = _read_rest(descriptor, data)
             finally:
                 _os_close(descriptor)
@@ -562,7 +561,7 @@ class Handler(AtomicCache):
                 return self._absent()
             data = found
         try:
-            return data.decode("utf-8")
+            return data.decode()  # UTF-8
         except UnicodeDecodeError:
             raise CorruptEntryError(
                 f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
