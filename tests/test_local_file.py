@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
-import multiprocessing
 import os
 import random
+import select
 import shutil
 import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -532,13 +533,15 @@ def _version(number: int) -> str:
     return header + chr(ord("a") + number % 26) * (CRASH_VALUE_BYTES - len(header))
 
 
-def _overwrite_forever(path: str, fsync: bool, first: int, ready: Any) -> None:
+def _overwrite_forever(path: str, fsync: bool, first: int, ready: int) -> None:
+    """The writer: overwrite one entry with ever newer versions, until killed."""
     cache = Handler(Configuration(path=path, fsync=fsync))
     number = first
     while True:
         number += 1
         cache.set("crash", "value", _version(number))
-        ready.set()
+        if number == first + 1:
+            os.write(ready, b"!")
 
 
 def _assert_whole_version(value: str) -> int:
@@ -549,14 +552,13 @@ def _assert_whole_version(value: str) -> int:
     return number
 
 
-@pytest.fixture
-def forkserver() -> Iterator[Any]:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["grove.caches.local_file", "tests.test_local_file"])
-    yield context
+def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> None:
+    """SIGKILL a writer of 1 MiB values at random moments; every read is one whole version.
 
-
-def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path, forkserver: Any) -> None:
+    The writer is forked from this process (no interpreter start-up per round); the parent
+    waits until it has written once, lets it run a random while, and kills it.
+    """
+    assert threading.active_count() == 1, "fork needs a single-threaded test process"
     kills = 120
     cache = Handler(Configuration(path=str(root)))
     cache.set("crash", "value", _version(0))
@@ -564,19 +566,24 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path, forkse
     leftovers = 0
     last = 0
     for round_number in range(kills):
-        ready = forkserver.Event()
-        writer = forkserver.Process(
-            target=_overwrite_forever,
-            args=(str(root), round_number % 2 == 0, last, ready),
-            daemon=True,
-        )
-        writer.start()
-        assert ready.wait(timeout=60), "the writer never wrote"
-        time.sleep(chooser.uniform(0, 0.01))
-        assert writer.pid is not None
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.join()
-        assert writer.exitcode == -signal.SIGKILL
+        ready_read, ready_write = os.pipe()
+        writer = os.fork()
+        if writer == 0:  # pragma: no cover - the writer runs until it is killed
+            try:
+                os.close(ready_read)
+                _overwrite_forever(str(root), round_number % 2 == 0, last, ready_write)
+            finally:
+                os._exit(1)
+        os.close(ready_write)
+        try:
+            readable, _, _ = select.select([ready_read], [], [], 60)
+            assert readable and os.read(ready_read, 1) == b"!", "the writer never wrote"
+            time.sleep(chooser.uniform(0, 0.01))
+            os.kill(writer, signal.SIGKILL)
+        finally:
+            os.close(ready_read)
+            _, status = os.waitpid(writer, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         last = _assert_whole_version(cache.get("crash", "value"))
         assert [entry.pk for entry in cache.entries()] == ["crash"]
         leftovers += sum(1 for path in (root / "crash").iterdir() if path.name.startswith(".tmp."))
