@@ -14,7 +14,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -592,3 +592,23 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> Non
     assert cache.tidy(older_than=0) > 0
     assert tree(root) == ["crash", "crash/value.cache"]
     _assert_whole_version(cache.get("crash", "value"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_no_descriptor_leaks(cache: Handler) -> None:
+    long_key = "\u20ac" * 300
+    cache.set("p", "s", "v")  # opens the stripe's lock file, which stays open
+    cache.set(long_key, long_key, "v")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        listing = cache.entries()
+        assert isinstance(listing, Generator)
+        next(listing)
+        listing.close()  # abandoned half-way
+        list(cache.entries(long_key))
+        cache.get(long_key, long_key)
+        cache.set(long_key, long_key, "w", constraint="v")
+        cache.set(long_key, long_key, "v", constraint="w")
+        with pytest.raises(DataFormatException):
+            cache.delete(long_key, "absent", constraint="x")
+    assert len(os.listdir("/proc/self/fd")) <= before + 2  # at most two more lock files

@@ -388,10 +388,10 @@ class _Spot:
         if _plain_entry(joined):
             self.chain = False
             self.names = [pk]
-            self.directory = f"{root}/{pk}"
-            self.prefix = self.directory + "/"
-            self.file = f"{self.prefix}{sk}{SUFFIX}"
-            self.stripe = zlib.crc32(joined.encode("ascii")) % LOCK_STRIPES
+            self.directory = directory = f"{root}/{pk}"
+            self.prefix = f"{directory}/"
+            self.file = f"{directory}/{sk}.cache"
+            self.stripe = zlib.crc32(joined.encode()) % LOCK_STRIPES
             return
         files = encode_components(sk, SUFFIX)
         self.names = [*encode_components(pk, ""), *files[:-1]]
@@ -589,7 +589,12 @@ class Handler(AtomicCache):
                 temporary = self._write_temporary(spot, data)
                 descriptor = locks.acquire(spot.stripe)
                 try:
-                    os.replace(temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd)
+                    if spot.chain:
+                        os.replace(
+                            temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd
+                        )
+                    else:
+                        os.replace(temporary, spot.file)
                 except BaseException:
                     _unlink_quietly(temporary, spot.dir_fd)
                     raise
@@ -619,7 +624,8 @@ class Handler(AtomicCache):
                 spot.sync_directory()
             return True
         finally:
-            spot.close()
+            if spot.chain:
+                spot.close()
 
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
@@ -688,7 +694,10 @@ class Handler(AtomicCache):
         for attempt in itertools.count():
             temporary = f"{spot.prefix}{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
             try:
-                descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE, dir_fd=spot.dir_fd)
+                if spot.chain:
+                    descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE, dir_fd=spot.dir_fd)
+                else:
+                    descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE)
                 break
             except FileExistsError:
                 continue
