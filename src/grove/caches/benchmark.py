@@ -9,14 +9,16 @@ stands for; it need not enforce the contract. A subject may also offer
 then filled that way before measuring, instead of by one ``set`` per key (which takes
 hours for a million keys on a store that syncs every write).
 
-Each operation runs ``repeats`` times, subject and floor alternating, and the best run of
-each counts: throughput from a loop timed as a whole, latency from a second loop that
-times every call. The ``benchmarks/`` folder of the repository runs this for every
-handler with its floors; ``grove-cache bench`` runs it for the configured handler.
+Each operation runs ``repeats`` times, subject and floor alternating (each repeat starting
+with the next subject), and the best run of each counts: throughput from a loop timed as a
+whole, latency from a second loop that times every call. The ``benchmarks/`` folder of the
+repository runs this for every handler with its floors; ``grove-cache bench`` runs it for
+the configured handler.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -233,10 +235,17 @@ def measure(
         run.populate()
     results: dict[str, dict[str, Measurement]] = {name: {} for name in subjects}
     for operation in operations:
+        # Flush what filling and the previous operation wrote: otherwise the disk's
+        # write-back lands on whichever file-backed subject happens to run next.
+        os.sync()
         best_rate = dict.fromkeys(subjects, 0.0)
         best_latency: dict[str, list[float]] = {}
-        for _ in range(workload.repeats):
-            for name, run in runs.items():
+        for repeat in range(workload.repeats):
+            # Each repeat starts with the next subject, so none always runs right after
+            # the same neighbour (whose disk write-back it would otherwise inherit).
+            order = list(runs.items())
+            shift = repeat % len(order)
+            for name, run in order[shift:] + order[:shift]:
                 step, clean_up = run.steps(operation)
                 best_rate[name] = max(best_rate[name], _throughput(step, workload.calls))
                 clean_up()

@@ -1,0 +1,612 @@
+"""local_file: the conformance suite, plus what only a directory of files has."""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grove.caches import CacheEntry, load
+from grove.caches.local_file import (
+    NAME_MAX,
+    SUFFIX,
+    Configuration,
+    Handler,
+    _Spot,
+    decode_components,
+    encode_components,
+    escape,
+)
+from grove.caches.testing import HOSTILE_KEYS, ListingConformance, SharedCacheConformance
+from grove.caches.validation import MAX_KEY_BYTES
+from grove.exceptions import (
+    AccessException,
+    ConfigurationException,
+    DataFormatException,
+    NotFoundException,
+)
+
+
+class TestLocalFileConformance(SharedCacheConformance, ListingConformance):
+    process_workers = 4
+    process_increments = 500
+    process_racers = 8
+
+    @pytest.fixture
+    def cache(self, tmp_path: Path) -> Handler:
+        handler = Handler(Configuration(path=str(tmp_path)))
+        handler.setup()
+        return handler
+
+    @pytest.fixture
+    def cache_factory(self, tmp_path: Path) -> Callable[[], Handler]:
+        return functools.partial(Handler, Configuration(path=str(tmp_path)))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A cache directory inside a directory that nothing else writes to."""
+    path = tmp_path / "cache"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def cache(root: Path) -> Handler:
+    return Handler(Configuration(path=str(root), fsync=False))
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every path below root, relative to it, with its lstat; paths may exceed PATH_MAX."""
+    for directory, directories, files, descriptor in os.fwalk(root):
+        for name in directories + files:
+            relative = os.path.relpath(os.path.join(directory, name), root)
+            yield relative, os.stat(name, dir_fd=descriptor, follow_symlinks=False)
+
+
+def tree(root: Path) -> list[str]:
+    """Every path below root, relative to it, sorted; the lock directory left out."""
+    return sorted(path for path, _ in walk(root) if path.split("/")[0] != ".locks")
+
+
+# -- escaping ------------------------------------------------------------------------
+
+KEYS = st.text(st.characters(codec="utf-8"), min_size=1).filter(
+    lambda key: len(key.encode("utf-8")) <= MAX_KEY_BYTES
+)
+LONG_KEYS = st.text(st.characters(codec="utf-8", min_codepoint=0x80), min_size=200, max_size=256)
+
+
+@settings(max_examples=500)
+@given(key=KEYS | LONG_KEYS, suffix=st.sampled_from(["", SUFFIX]))
+def test_escaping_round_trips_into_safe_components(key: str, suffix: str) -> None:
+    components = encode_components(key, suffix)
+    assert decode_components(components, suffix) == key
+    for component in components:
+        assert component not in (".", "..")
+        assert "/" not in component
+        assert "\x00" not in component
+        assert not component.startswith(".")  # never a temporary, lock or hidden name
+        assert len(component.encode("utf-8")) <= NAME_MAX
+    assert components[-1].endswith(suffix)
+
+
+@given(first=KEYS, second=KEYS)
+def test_distinct_keys_have_distinct_components(first: str, second: str) -> None:
+    if first != second:
+        assert encode_components(first, SUFFIX) != encode_components(second, SUFFIX)
+
+
+@given(name=st.text("AZaz09-._~%+=2EF5C/", min_size=1, max_size=12))
+def test_only_names_that_escaping_makes_decode(name: str) -> None:
+    """Listing trusts a name only if the key it decodes to is stored under that name."""
+    for suffix in ("", SUFFIX):
+        key = decode_components([name], suffix)
+        if key is not None:
+            assert encode_components(key, suffix) == [name]
+
+
+@given(
+    pk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
+    sk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
+)
+def test_fast_path_for_plain_keys_agrees_with_escaping(pk: str, sk: str) -> None:
+    spot = _Spot("/cache", pk, sk)
+    directories = encode_components(pk, "")
+    files = encode_components(sk, SUFFIX)
+    if len(directories) == len(files) == 1:
+        assert spot.file == f"/cache/{directories[0]}/{files[0]}"
+    else:
+        assert spot.chain and spot.file == files[-1]
+        assert spot.names == [*directories, *files[:-1]]
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("pointer.okta_system_log.0cc175b9c0f1b6a8", "pointer.okta_system_log.0cc175b9c0f1b6a8"),
+        ("Audit.General", "Audit.General"),
+        ("a-b~c", "a-b~c"),
+        (".", "%2E"),
+        ("..", "%2E."),
+        (".hidden", "%2Ehidden"),
+        ("a/b", "a%2Fb"),
+        ("%", "%25"),
+        ("%2F", "%252F"),
+        ("with space", "with%20space"),
+        ("nul\x00", "nul%00"),
+        ("\u00e9", "%C3%A9"),
+    ],
+)
+def test_escaping_examples(key: str, name: str) -> None:
+    assert escape(key) == name
+
+
+def test_names_too_long_for_one_component_are_chained() -> None:
+    key = "\U0001f332" * (MAX_KEY_BYTES // 4)  # 3,072 bytes escaped
+    components = encode_components(key, SUFFIX)
+    assert len(components) == 13
+    assert all(component.startswith("%+") for component in components[:-1])
+    assert components[-1].startswith("%=") and components[-1].endswith(SUFFIX)
+    assert encode_components("k" * 249, SUFFIX) == ["k" * 249 + SUFFIX]
+    assert len(encode_components("k" * 250, SUFFIX)) == 2
+    assert encode_components("k" * 255, "") == ["k" * 255]
+
+
+# -- layout and compatibility with upstream Grove --------------------------------------
+
+
+def test_plain_keys_use_the_upstream_layout(cache: Handler, root: Path) -> None:
+    cache.set("pointer.okta_system_log.0cc175b9", "all", "2024-05-01T00:00:00.000Z")
+    cache.set("pointer.okta_system_log.0cc175b9", "Audit.General", "caf\u00e9\r\n")
+    assert tree(root) == [
+        "pointer.okta_system_log.0cc175b9",
+        "pointer.okta_system_log.0cc175b9/Audit.General.cache",
+        "pointer.okta_system_log.0cc175b9/all.cache",
+    ]
+    partition = root / "pointer.okta_system_log.0cc175b9"
+    assert (partition / "all.cache").read_bytes() == b"2024-05-01T00:00:00.000Z"
+    assert (partition / "Audit.General.cache").read_bytes() == "caf\u00e9\r\n".encode()
+
+
+def test_a_directory_written_by_upstream_grove_reads_back(root: Path) -> None:
+    identity = "github_audit.5d41402abc4b2a76"
+    pointers = root / f"pointer.{identity}"
+    pointers.mkdir(mode=0o755)
+    (pointers / "all.cache").write_bytes(b"1714521600000")
+    locks = root / f"execution_lock.{identity}"
+    locks.mkdir(mode=0o755)
+    (locks / "all.cache").write_bytes(b"2024-05-01T00:05:00+00:00")
+    cache = Handler(Configuration(path=str(root)))
+    cache.setup()
+    assert cache.get("pointer.github_audit.5d41402abc4b2a76", "all") == "1714521600000"
+    assert sorted(cache.entries()) == [
+        CacheEntry(
+            "execution_lock.github_audit.5d41402abc4b2a76", "all", "2024-05-01T00:05:00+00:00"
+        ),
+        CacheEntry("pointer.github_audit.5d41402abc4b2a76", "all", "1714521600000"),
+    ]
+    cache.set(
+        "execution_lock.github_audit.5d41402abc4b2a76",
+        "all",
+        "2024-05-01T00:10:00+00:00",
+        constraint="2024-05-01T00:05:00+00:00",
+    )
+    assert (locks / "all.cache").read_bytes() == b"2024-05-01T00:10:00+00:00"
+
+
+def test_hostile_keys_stay_inside_the_directory(cache: Handler, root: Path) -> None:
+    escape_target = Path("/tmp/escape")
+    existed = escape_target.exists()
+    for pk in HOSTILE_KEYS:
+        for sk in HOSTILE_KEYS:
+            cache.set(pk, sk, f"{pk!r}/{sk!r}")
+    assert sorted(os.listdir(root.parent)) == ["cache"]
+    assert escape_target.exists() == existed
+    for path in root.rglob("*"):
+        assert path.resolve().is_relative_to(root.resolve())
+        assert not path.is_symlink()
+    files = [path for path in root.rglob("*") if path.is_file() and path.parent.name != ".locks"]
+    assert len(files) == len(HOSTILE_KEYS) ** 2
+    for pk in HOSTILE_KEYS:
+        for sk in HOSTILE_KEYS:
+            assert cache.get(pk, sk) == f"{pk!r}/{sk!r}"
+    assert len(list(cache.entries())) == len(HOSTILE_KEYS) ** 2
+
+
+def test_longest_keys_live_in_chains_of_directories(cache: Handler, root: Path) -> None:
+    pk = "\U0001f332" * (MAX_KEY_BYTES // 4)
+    sk = "/" * MAX_KEY_BYTES
+    cache.set(pk, sk, "deep")
+    (relative,) = (path for path in tree(root) if path.endswith(".cache"))
+    assert len(relative.encode()) > 4096  # longer than PATH_MAX: opened step by step
+    assert all(len(part.encode()) <= NAME_MAX for part in relative.split("/"))
+    assert list(cache.entries(pk)) == [CacheEntry(pk, sk, "deep")]
+    assert list(cache.entries(prefix="\U0001f332")) == [CacheEntry(pk, sk, "deep")]
+    cache.set(pk, sk, "deeper", constraint="deep")
+    assert cache.get(pk, sk) == "deeper"
+    cache.delete(pk, sk, constraint="deeper")
+    assert not [path for path in tree(root) if path.endswith(".cache")]
+
+
+def test_setup_removes_directories_that_deletes_emptied(cache: Handler, root: Path) -> None:
+    cache.set("p", "a", "1")
+    cache.set("p", "b", "2")
+    cache.set("\u20ac" * 300, "/" * 1024, "3")
+    cache.delete("p", "a")
+    cache.delete("\u20ac" * 300, "/" * 1024)
+    cache.setup()
+    assert tree(root) == ["p", "p/b.cache"]
+    cache.delete("p", "b", constraint="2")
+    assert tree(root) == ["p"]  # kept until the next setup: a lock's partition comes back
+    cache.setup()
+    assert tree(root) == []
+
+
+def test_stray_files_are_not_entries(cache: Handler, root: Path) -> None:
+    cache.set("p", "a", "1")
+    for stray in ("notes.txt", "%41.cache", "%2e.cache", "b.cache.bak", ".DS_Store"):
+        (root / "p" / stray).write_text("x")
+    (root / "%zz").mkdir()
+    (root / "%zz" / "a.cache").write_text("x")
+    assert list(cache.entries()) == [CacheEntry("p", "a", "1")]
+    with pytest.raises(NotFoundException):
+        cache.get("p", "A")
+
+
+# -- what get and a failed call leave behind --------------------------------------------
+
+
+def test_get_and_failed_calls_create_nothing(cache: Handler, root: Path) -> None:
+    keys = [("p", "s"), ("a/b", ".."), ("\u20ac" * 300, "\u20ac" * 300)]
+    for pk, sk in keys:
+        with pytest.raises(NotFoundException):
+            cache.get(pk, sk)
+    assert list(cache.entries()) == []
+    assert os.listdir(root) == []
+    for pk, sk in keys:
+        with pytest.raises(DataFormatException):
+            cache.set(pk, sk, "v", constraint="old")
+        with pytest.raises(DataFormatException):
+            cache.delete(pk, sk, constraint="old")
+    assert tree(root) == []  # the refusals took the lock (.locks/) and wrote nothing
+
+
+def test_files_and_directories_are_private(root: Path) -> None:
+    old_umask = os.umask(0)
+    try:
+        cache = Handler(Configuration(path=str(root)))
+        cache.set("p", "s", "secret")
+        cache.set("\u20ac" * 300, "/" * 1024, "secret")
+        cache.set("q", "s", "secret", not_set=True)
+    finally:
+        os.umask(old_umask)
+    paths = dict(walk(root))
+    assert any(path.startswith(".locks/") for path in paths)
+    assert any(len(path) > 4096 for path in paths)
+    for path, status in paths.items():
+        expected = 0o700 if stat.S_ISDIR(status.st_mode) else 0o600
+        assert stat.S_IMODE(status.st_mode) == expected, path
+
+
+# -- configuration and durability --------------------------------------------------------
+
+
+def test_configuration_comes_from_the_environment(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_PATH", str(root))
+    assert Handler().config == Configuration(path=str(root), fsync=True)
+    monkeypatch.setenv("grove_cache_local_file_fsync", "false")
+    assert Handler().config.fsync is False
+    monkeypatch.setenv("GROVE_CACHE_HANDLER", "local_file")
+    loaded = load()
+    assert isinstance(loaded, Handler)
+    loaded.set("p", "s", "v")
+    assert (root / "p" / "s.cache").read_text() == "v"
+
+
+def test_bad_configuration_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GROVE_CACHE_LOCAL_FILE_PATH", raising=False)
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_LOCAL_FILE_PATH is required"):
+        Handler()
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_PATH", "/somewhere")
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_FSYNC", "sometimes")
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_LOCAL_FILE_FSYNC"):
+        Handler()
+
+
+def _fsync_targets(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what every os.fsync call syncs (by path), then let it sync."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(descriptor: Any) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_fsync_on_syncs_file_then_directory(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Handler(Configuration(path=str(root), fsync=True))
+    cache.set("p", "s", "v1")  # creates p/: synced into the cache directory too
+    synced = _fsync_targets(monkeypatch)
+    cache.set("p", "s", "v2")
+    assert len(synced) == 2
+    assert Path(synced[0]).parent == root / "p" and Path(synced[0]).name.startswith(".tmp.")
+    assert synced[1] == str(root / "p")
+    synced.clear()
+    cache.delete("p", "s")
+    assert synced == [str(root / "p")]
+    synced.clear()
+    cache.set("new", "s", "v")  # a new directory is synced into its parent first
+    assert [synced[0], synced[2]] == [str(root), str(root / "new")]
+    assert Path(synced[1]).parent == root / "new" and len(synced) == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_fsync_off_never_syncs(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    synced = _fsync_targets(monkeypatch)
+    cache.set("p", "s", "v1")
+    cache.set("p", "s", "v2", constraint="v1")
+    cache.set("\u20ac" * 300, "s", "v", not_set=True)
+    cache.delete("p", "s")
+    assert synced == []
+
+
+# -- leftovers, corruption and unusable directories --------------------------------------
+
+
+def test_temporary_leftovers_are_ignored_then_removed(cache: Handler, root: Path) -> None:
+    cache.set("p", "s", "committed")
+    stale = [root / "p" / ".tmp.4242.0", root / ".tmp.4242.1"]
+    fresh = root / "p" / ".tmp.4243.0"
+    for path in [*stale, fresh]:
+        path.write_bytes(b"half a val")
+    an_hour_ago = time.time() - 3600
+    for path in stale:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert cache.get("p", "s") == "committed"
+    assert list(cache.entries()) == [CacheEntry("p", "s", "committed")]
+    cache.setup()
+    assert [path.exists() for path in stale] == [False, False]
+    assert fresh.exists()  # young enough to belong to a running writer
+    assert cache.tidy(older_than=0) == 1
+    assert tree(root) == ["p", "p/s.cache"]
+
+
+def test_corrupt_entry_is_an_access_error_naming_the_key(cache: Handler, root: Path) -> None:
+    (root / "pointer.x").mkdir()
+    (root / "pointer.x" / "op.cache").write_bytes(b"\xff\xfe secret")
+    with pytest.raises(AccessException, match=r"pk='pointer.x' sk='op'.*not valid UTF-8") as info:
+        cache.get("pointer.x", "op")
+    assert "secret" not in str(info.value)
+    assert "\\xff" not in str(info.value)
+    with pytest.raises(AccessException, match="sk='op'"):
+        list(cache.entries())
+    with pytest.raises(DataFormatException):
+        cache.set("pointer.x", "op", "new", constraint="anything")
+    cache.set("pointer.x", "op", "repaired")
+    assert cache.get("pointer.x", "op") == "repaired"
+
+
+def _assert_every_call_names(cache: Handler, path: Path) -> None:
+    with pytest.raises(AccessException, match=str(path)):
+        cache.setup()
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get("p", "s"),
+        lambda: cache.get("\u20ac" * 300, "s"),
+        lambda: cache.set("p", "s", "v"),
+        lambda: cache.set("p", "s", "v", not_set=True),
+        lambda: cache.delete("p", "s"),
+        lambda: cache.delete("\u20ac" * 300, "s"),
+        lambda: list(cache.entries()),
+    ]
+    for call in calls:
+        with pytest.raises(AccessException, match=str(path)):
+            call()
+
+
+def test_missing_directory_is_an_access_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    _assert_every_call_names(Handler(Configuration(path=str(missing))), missing)
+    assert not missing.exists()
+
+
+def test_path_below_a_regular_file_is_an_access_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    _assert_every_call_names(
+        Handler(Configuration(path=str(tmp_path / "file" / "cache"))), tmp_path / "file" / "cache"
+    )
+    with pytest.raises(AccessException, match="not a directory"):
+        Handler(Configuration(path=str(tmp_path / "file"))).setup()
+
+
+def _unwritable_checks(path: str) -> dict[str, str]:
+    cache = Handler(Configuration(path=path))
+    outcomes = {}
+    for name, call in [
+        ("setup", cache.setup),
+        ("set", lambda: cache.set("p", "s", "v")),
+        ("get", lambda: cache.get("p", "s")),
+    ]:
+        try:
+            call()
+            outcomes[name] = "returned"
+        except Exception as exc:
+            outcomes[name] = f"{type(exc).__name__}: {exc}"
+    return outcomes
+
+
+def test_unwritable_directory_is_an_access_error(tmp_path: Path) -> None:
+    """Root may write anywhere, so as root the calls run in a child that drops to nobody."""
+    base = Path(tempfile.mkdtemp(prefix="grove-unwritable-"))
+    try:
+        path = base / "cache"
+        path.mkdir()
+        if os.geteuid() == 0:
+            os.chmod(base, 0o755)
+            os.chmod(path, 0o755)
+            read_end, write_end = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover - the child reports through the pipe
+                try:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    os.write(write_end, json.dumps(_unwritable_checks(str(path))).encode())
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                outcomes = json.loads(pipe.read() or b"{}")
+            os.waitpid(child, 0)
+        else:
+            os.chmod(path, 0o555)
+            outcomes = _unwritable_checks(str(path))
+            os.chmod(path, 0o755)
+    finally:
+        for directory, _, files in os.walk(base):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        shutil.rmtree(base)
+    assert outcomes["setup"].startswith("AccessException") and "not writable" in outcomes["setup"]
+    assert outcomes["set"].startswith("AccessException") and str(path) in outcomes["set"]
+    assert outcomes["get"].startswith("NotFoundException")  # reading still works
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def test_forked_child_takes_its_own_locks(cache: Handler) -> None:
+    """A forked child must not share its parent's lock files, or flock would not exclude."""
+    cache.set("p", "s", "v")
+    stripe = _Spot(str(cache.config.path), "p", "s").stripe
+    descriptor = cache._locks.acquire(stripe)
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                if all(fd == -1 for fd in cache._locks.descriptors):
+                    own = cache._locks._open(stripe)
+                    try:
+                        fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        code = 0  # the parent's lock holds against the child
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        cache._locks.release(stripe, descriptor)
+
+
+CRASH_VALUE_BYTES = 1 << 20
+
+
+def _version(number: int) -> str:
+    header = f"version {number}:"
+    return header + chr(ord("a") + number % 26) * (CRASH_VALUE_BYTES - len(header))
+
+
+def _overwrite_forever(path: str, fsync: bool, first: int, ready: int) -> None:
+    """The writer: overwrite one entry with ever newer versions, until killed."""
+    cache = Handler(Configuration(path=path, fsync=fsync))
+    number = first
+    while True:
+        number += 1
+        cache.set("crash", "value", _version(number))
+        if number == first + 1:
+            os.write(ready, b"!")
+
+
+def _assert_whole_version(value: str) -> int:
+    assert value.startswith("version ") and ":" in value, f"torn value of {len(value)} characters"
+    number = int(value[len("version ") : value.index(":")])
+    whole = value == _version(number)
+    assert whole, f"version {number} is torn: {len(value)} of {CRASH_VALUE_BYTES} characters"
+    return number
+
+
+def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> None:
+    """SIGKILL a writer of 1 MiB values at random moments; every read is one whole version.
+
+    The writer is forked from this process (no interpreter start-up per round); the parent
+    waits until it has written once, lets it run a random while, and kills it.
+    """
+    assert threading.active_count() == 1, "fork needs a single-threaded test process"
+    kills = 120
+    cache = Handler(Configuration(path=str(root)))
+    cache.set("crash", "value", _version(0))
+    chooser = random.Random(20240501)
+    leftovers = 0
+    last = 0
+    for round_number in range(kills):
+        ready_read, ready_write = os.pipe()
+        writer = os.fork()
+        if writer == 0:  # pragma: no cover - the writer runs until it is killed
+            try:
+                os.close(ready_read)
+                _overwrite_forever(str(root), round_number % 2 == 0, last, ready_write)
+            finally:
+                os._exit(1)
+        os.close(ready_write)
+        try:
+            readable, _, _ = select.select([ready_read], [], [], 60)
+            assert readable and os.read(ready_read, 1) == b"!", "the writer never wrote"
+            time.sleep(chooser.uniform(0, 0.01))
+            os.kill(writer, signal.SIGKILL)
+        finally:
+            os.close(ready_read)
+            _, status = os.waitpid(writer, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        last = _assert_whole_version(cache.get("crash", "value"))
+        assert [entry.pk for entry in cache.entries()] == ["crash"]
+        leftovers += sum(1 for path in (root / "crash").iterdir() if path.name.startswith(".tmp."))
+    # Some kills landed between a temporary file's creation and its rename.
+    assert leftovers > 0
+    assert cache.tidy(older_than=0) > 0
+    assert tree(root) == ["crash", "crash/value.cache"]
+    _assert_whole_version(cache.get("crash", "value"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_no_descriptor_leaks(cache: Handler) -> None:
+    long_key = "\u20ac" * 300
+    cache.set("p", "s", "v")  # opens the stripe's lock file, which stays open
+    cache.set(long_key, long_key, "v")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        listing = cache.entries()
+        assert isinstance(listing, Generator)
+        next(listing)
+        listing.close()  # abandoned half-way
+        list(cache.entries(long_key))
+        cache.get(long_key, long_key)
+        cache.set(long_key, long_key, "w", constraint="v")
+        cache.set(long_key, long_key, "v", constraint="w")
+        with pytest.raises(DataFormatException):
+            cache.delete(long_key, "absent", constraint="x")
+    assert len(os.listdir("/proc/self/fd")) <= before + 2  # at most two more lock files
