@@ -610,3 +610,12 @@ def test_no_descriptor_leaks(cache: Handler) -> None:
         with pytest.raises(DataFormatException):
             cache.delete(long_key, "absent", constraint="x")
     assert len(os.listdir("/proc/self/fd")) <= before + 2  # at most two more lock files
+
+
+def test_create_storage_makes_the_directory_private(tmp_path: Path) -> None:
+    root = tmp_path / "new" / "cache"
+    handler = Handler(Configuration(path=str(root)))
+    assert handler.create_storage() == f"created local_file cache at {root}"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert handler.create_storage() == f"found local_file cache at {root}"
+    handler.set("pk", "sk", "v")

@@ -513,6 +513,26 @@ class Handler(AtomicCache):
                 f"{self.location()}: tidying the directory failed: {type(exc).__name__}: {exc}"
             ) from exc
 
+    @override
+    def create_storage(self) -> str:
+        """Create the cache directory (0700, with missing parents) if it is missing.
+
+        :raises AccessException: The directory cannot be created or used.
+        :return: What was done, in one line.
+        """
+        existed = os.path.isdir(self._root)
+        if not existed:
+            try:
+                os.makedirs(self._root, mode=0o700, exist_ok=True)
+                os.chmod(self._root, 0o700)  # makedirs' mode is masked by the umask
+            except OSError as exc:
+                raise AccessException(
+                    f"{self.location()}: the directory cannot be created: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        self.setup()
+        return f"{'found' if existed else 'created'} {self.location()}"
+
     def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
         """Remove the temporary files of crashed writers, and directories left empty.
 
