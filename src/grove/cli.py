@@ -127,6 +127,7 @@ class Store:
     name: str
     handler: BaseCache
     origin: str
+    embedded_default: bool = False
 
     @classmethod
     def resolve(cls, name: str | None, settings: dict[str, str]) -> Store:
@@ -148,7 +149,9 @@ class Store:
             return cls(
                 DEFAULT_STORE_HANDLER,
                 create(DEFAULT_STORE_HANDLER, settings=settings),
-                f"embedded default, nothing configured (set {HANDLER_ENV} or --handler)",
+                f"embedded default at {path}, nothing configured "
+                f"(set {HANDLER_ENV} or --handler)",
+                embedded_default=True,
             )
         return cls(name, create(name, settings=settings), origin)
 
@@ -180,7 +183,7 @@ class Context:
         """
         if self._store is None:
             self._store = Store.resolve(self.handler_name, self.settings)
-            if self._store.name == DEFAULT_STORE_HANDLER and self.handler_name is None:
+            if self._store.embedded_default:
                 self.note(f"using {self._store.describe()}")
             if set_up:
                 self._store.handler.setup()
