@@ -149,8 +149,7 @@ class Store:
             return cls(
                 DEFAULT_STORE_HANDLER,
                 create(DEFAULT_STORE_HANDLER, settings=settings),
-                f"embedded default at {path}, nothing configured "
-                f"(set {HANDLER_ENV} or --handler)",
+                f"embedded default at {path}; set {HANDLER_ENV} or --handler to choose another",
                 embedded_default=True,
             )
         return cls(name, create(name, settings=settings), origin)
