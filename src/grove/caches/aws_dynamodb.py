@@ -578,14 +578,7 @@ class Handler(AtomicCache):
             request["ExpressionAttributeNames"] = _names(update, condition)
         else:
             request["ExpressionAttributeNames"] = _names(update)
-        if return_old:
-            request["ReturnValues"] = "ALL_OLD"
-        try:
-            return client.update_item(**request)
-        except ClientError as exc:
-            if self._check_error(exc) == "ConditionalCheckFailedException":
-                return None
-            raise
+        return self._conditional(client.update_item, request, return_old)
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
@@ -728,10 +721,14 @@ class Handler(AtomicCache):
             request["ExpressionAttributeNames"] = _names(condition)
             if values:
                 request["ExpressionAttributeValues"] = values
+        return self._conditional(client.delete_item, request, return_old)
+
+    def _conditional(self, send: Any, request: dict[str, Any], return_old: bool) -> Any:
+        """Send one conditional request; ``None`` when its condition failed."""
         if return_old:
             request["ReturnValues"] = "ALL_OLD"
         try:
-            return client.delete_item(**request)
+            return send(**request)
         except ClientError as exc:
             if self._check_error(exc) == "ConditionalCheckFailedException":
                 return None
