@@ -28,13 +28,13 @@ BROKEN_HANDLERS = textwrap.dedent(
         def _write(self, pk, sk, value, expected):
             if expected is not ANY and self._read(pk, sk) != expected:
                 return False
-            time.sleep(0.005)  # the I/O a real backend does between check and write
+            time.sleep(0.02)  # the I/O a real backend does between check and write
             return super()._write(pk, sk, value, ANY)
 
         def _remove(self, pk, sk, expected):
             if expected is not ANY and self._read(pk, sk) != expected:
                 return False
-            time.sleep(0.005)
+            time.sleep(0.02)
             return super()._remove(pk, sk, ANY)
 
 
