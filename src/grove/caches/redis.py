@@ -397,13 +397,9 @@ class Handler(ExpiringCache):
             sent = False
             try:
                 connection = pool.get_connection()  # type: ignore[no-untyped-call]
-            except (AuthenticationError, AuthorizationError) as exc:
-                if _auth_required(exc):
-                    raise _password_wanted(exc) from exc
-                raise self._configuration_error(exc) from exc
-            except ResponseError as exc:
-                # The handshake (SELECT of the database, AUTH) was refused.
-                raise self._configuration_error(exc) from exc
+            except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+                # The handshake (AUTH, SELECT of the database) was refused.
+                raise self._refusal(exc) from exc
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 failure: RedisError = exc
             else:
@@ -412,9 +408,7 @@ class Handler(ExpiringCache):
                     sent = True
                     return connection.read_response()
                 except (AuthenticationError, AuthorizationError) as exc:
-                    if _auth_required(exc):
-                        raise _password_wanted(exc) from exc
-                    raise self._configuration_error(exc) from exc
+                    raise self._refusal(exc) from exc
                 except BusyLoadingError as exc:
                     failure = exc  # The server is loading its data: nothing ran.
                 except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -441,10 +435,23 @@ class Handler(ExpiringCache):
             # Nothing ran; EVAL runs the script and caches it for the next EVALSHA.
             return self._execute("EVAL", script.source, 1, key, *arguments, repeatable=repeatable)
 
-    def _configuration_error(self, exc: Exception) -> ConfigurationException:
+    def _refusal(self, exc: RedisError) -> RedisError | ConfigurationException:
+        """What to raise when the server refused the connection or its credentials.
+
+        A server that wants a password it was not given is an access error (it may have
+        been given one since the handler was configured); a wrong password or user, or a
+        database the server does not have, is a configuration error.
+        """
+        message = str(exc)
+        if getattr(exc, "status_code", None) == "NOAUTH" or (
+            message.lower().startswith("authentication required")
+            or "already authenticated" in message
+        ):
+            return AuthenticationError(f"the server requires a password (NOAUTH): {exc}")
         return ConfigurationException(
-            f"{Configuration.env_name('url')}: {self.location()} refused the connection's "
-            f"credentials or database: {type(exc).__name__}: {_masked(str(exc), self.config)}"
+            f"{Configuration.env_name('url')}: {self.location()} refused the connection "
+            f"(credentials, database or handshake): {type(exc).__name__}: "
+            f"{_masked(str(exc), self.config)}"
         )
 
     def _key(self, pk: str, sk: str) -> str:
@@ -617,18 +624,6 @@ class Handler(ExpiringCache):
                         yield CacheEntry(entry_pk, entry_sk, value.decode("utf-8"))
             if int(cursor) == 0:
                 return
-
-
-def _auth_required(exc: RedisError) -> bool:
-    """Tell a server that wants a password (``NOAUTH``) from one that refused ours."""
-    if getattr(exc, "status_code", None) == "NOAUTH":
-        return True
-    message = str(exc).lower()
-    return message.startswith("authentication required") or "already authenticated" in message
-
-
-def _password_wanted(exc: RedisError) -> AuthenticationError:
-    return AuthenticationError(f"the server requires a password (NOAUTH): {exc}")
 
 
 def _masked(text: str, config: Configuration) -> str:
