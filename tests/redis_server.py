@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from grove.caches.redis import mask_url
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 START_HINT = (
@@ -48,7 +50,7 @@ def require_shared_server() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        absent(f"no Redis server answers at {url} ({exc}); {START_HINT}")
+        absent(f"no Redis server answers at {mask_url(url)} ({exc}); {START_HINT}")
     finally:
         client.close()
     return url
