@@ -1505,7 +1505,8 @@ def _contend_for_lease(
                 assert expires is not None and lease.token is not None
                 start = expires.timestamp() - duration
                 renew = not background
-                last = _hold(lease, fenced, writer, hold_for, renew, freeze, freezer, rng)
+                frozen_for = freeze_for if freeze else None
+                last = _hold(lease, fenced, writer, hold_for, renew, frozen_for, freezer, rng)
         except LeaseUnavailable:
             break
         except LeaseLost:
@@ -1522,25 +1523,26 @@ def _hold(
     writer: str,
     hold_for: float,
     renew_by_hand: bool,
-    freeze: bool,
+    freeze_for: float | None,
     freezer: str | None,
     rng: random.Random,
 ) -> tuple[float, float]:
     """Act under a held lease for ``hold_for`` seconds or until it is lost.
 
-    A hold that freezes does so before its second write, however short ``hold_for``.
+    A hold that freezes (for ``freeze_for`` seconds) does so before its second write,
+    however short ``hold_for``.
 
     :return: When it stopped acting and the last expiry it wrote, in epoch seconds.
     """
     assert lease.token is not None
     started = time.monotonic()
     renewed = started
-    duration, skew = lease.duration.total_seconds(), lease.skew.total_seconds()
+    duration = lease.duration.total_seconds()
     writes = 0
-    while (freeze or time.monotonic() - started < hold_for) and lease.held:
-        if freeze and writes == 1:
-            freeze = False
-            _freeze(duration * 2 + skew * 2, freezer)  # between the check and the write
+    while (freeze_for is not None or time.monotonic() - started < hold_for) and lease.held:
+        if freeze_for is not None and writes == 1:
+            _freeze(freeze_for, freezer)  # between the check and the write
+            freeze_for = None
         fenced.write(lease.token, writer)
         writes += 1
         if renew_by_hand and time.monotonic() - renewed > duration / 4:
