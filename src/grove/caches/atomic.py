@@ -11,6 +11,11 @@ conditional request, one SQL statement), and says how in its docstring:
 - :meth:`AtomicCache._write` stores a value if the entry is as expected;
 - :meth:`AtomicCache._remove` removes an entry if it is as expected.
 
+A write or removal whose condition fails returns ``False``, or better a :class:`Refused`
+carrying the stored value it saw in the same step: the public methods put that value on
+the :class:`~grove.exceptions.DataFormatException` they raise (its ``current``), so a
+caller can retry without a second read.
+
 Absence is the sentinel :data:`ABSENT`, never a falsy value: ``""`` is a stored value.
 Keys, values and constraints reach the primitives as exact ``str`` objects: a ``str``
 subclass (whose ``__eq__`` could lie) is copied to a plain ``str`` first.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final, Literal
 
@@ -64,6 +70,27 @@ Expected = str | Literal[Sentinel.ABSENT, Sentinel.ANY]
 ExpectedToRemove = str | Literal[Sentinel.ANY]
 """What a removal requires of the entry: this exact value, or :data:`ANY`."""
 
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refused condition, with what the primitive saw: an optional richer ``False``.
+
+    A write or removal primitive may return this instead of ``False`` when it read the
+    stored value in the same atomic step as the failed check, at no extra request. It
+    is falsy, so code that tests the outcome with ``if not written`` keeps working.
+    """
+
+    current: Stored = field(repr=False)
+    """The stored value the check saw, or :data:`ABSENT`."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+Outcome = bool | Refused
+"""What a write or removal primitive returns: ``True`` when done, ``False`` or a
+:class:`Refused` when the entry was not as expected."""
+
 Clock = Callable[[], float]
 """A clock: returns the current time in seconds since the Unix epoch, like
 :func:`time.time`. Handlers whose caller's clock decides expiry accept one, so tests can
@@ -100,6 +127,12 @@ class AtomicCache(BaseCache):
     re-raise them as :class:`~grove.exceptions.AccessException` with the exception as
     its cause."""
 
+    reports_current: ClassVar[bool] = False
+    """``True`` when every refused write or removal returns a :class:`Refused`, so every
+    :class:`~grove.exceptions.DataFormatException` it causes says what was stored. A hint
+    for callers choosing between trying a write first and reading first
+    (:mod:`grove.caches.lease` does); ``current_known`` on each exception is the truth."""
+
     def location(self) -> str:
         """Say where this handler keeps its entries, for messages.
 
@@ -117,7 +150,7 @@ class AtomicCache(BaseCache):
         """
 
     @abc.abstractmethod
-    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> Outcome:
         """Store a value if the entry is as expected, as one atomic step.
 
         :param pk: The partition key, already checked.
@@ -125,20 +158,22 @@ class AtomicCache(BaseCache):
         :param value: The value to store, already checked.
         :param expected: :data:`ANY` to write unconditionally, :data:`ABSENT` to write
             only when no value is stored, or a value the stored one must equal.
-        :return: ``True`` when the value was stored, ``False`` when the entry was not as
-            expected (and nothing changed).
+        :return: ``True`` when the value was stored; ``False`` when the entry was not as
+            expected (and nothing changed), or a :class:`Refused` saying what was stored
+            if the step saw it.
         """
 
     @abc.abstractmethod
-    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:
         """Remove an entry if it is as expected, as one atomic step.
 
         :param pk: The partition key, already checked.
         :param sk: The sort key, already checked.
         :param expected: :data:`ANY` to remove whatever is stored (an absent entry is not
             an error), or a value the stored one must equal.
-        :return: ``True`` when the entry is gone, ``False`` when it was not as expected
-            (and nothing changed).
+        :return: ``True`` when the entry is gone; ``False`` when it was not as expected
+            (and nothing changed), or a :class:`Refused` saying what was stored if the
+            step saw it.
         """
 
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
@@ -209,7 +244,9 @@ class AtomicCache(BaseCache):
             raise NotImplementedError(f"{self.location()} cannot expire entries (ttl given)")
         return seconds
 
-    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
         """Store a value that expires; the primitive of the expiry ability.
 
         :class:`ExpiringCache` declares it abstract; :meth:`set` calls it only on
@@ -307,7 +344,7 @@ class AtomicCache(BaseCache):
                 if expected is ABSENT
                 else "the stored value does not match the constraint, or none is stored"
             )
-            raise DataFormatException(f"set of {describe_key(pk, sk)} refused: {reason}")
+            raise _refusal(f"set of {describe_key(pk, sk)} refused: {reason}", written)
 
     @override
     def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
@@ -336,10 +373,19 @@ class AtomicCache(BaseCache):
         except self.driver_errors as exc:
             raise self._access_error("delete", pk, sk, exc) from exc
         if not removed:
-            raise DataFormatException(
+            raise _refusal(
                 f"delete of {describe_key(pk, sk)} refused: the stored value does not "
-                "match the constraint, or none is stored"
+                "match the constraint, or none is stored",
+                removed,
             )
+
+
+def _refusal(message: str, outcome: Outcome) -> DataFormatException:
+    """The exception for a refused condition, with the stored value when the primitive saw it."""
+    if isinstance(outcome, Refused):
+        current = None if outcome.current is ABSENT else outcome.current
+        return DataFormatException(message, current=current, current_known=True)
+    return DataFormatException(message)
 
 
 class ExpiringCache(AtomicCache):
@@ -369,7 +415,9 @@ class ExpiringCache(AtomicCache):
 
     @override
     @abc.abstractmethod
-    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
         """Store a value that expires ``ttl`` seconds from now, as one atomic step.
 
         Like :meth:`AtomicCache._write`, with value and expiry replaced together.
@@ -380,7 +428,8 @@ class ExpiringCache(AtomicCache):
         :param expected: :data:`ANY`, :data:`ABSENT` (an expired entry is absent) or a
             value the stored, unexpired one must equal.
         :param ttl: Seconds from now, already checked (above zero, at most ten years).
-        :return: ``True`` when stored, ``False`` when the entry was not as expected.
+        :return: ``True`` when stored; ``False`` or a :class:`Refused` when the entry was
+            not as expected.
         """
 
     @abc.abstractmethod

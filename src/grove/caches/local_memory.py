@@ -4,7 +4,8 @@ Entries live in a dict of partitions (``{pk: {sk: value}}``) owned by one handle
 instance; they vanish with it. Reads take no lock: a single dict lookup is atomic in
 CPython. Every write takes the instance's lock, so the check and the write of a
 conditional call are one step for all threads that share the instance. A partition is
-dropped when its last entry goes, so deleted keys leave nothing behind.
+dropped when its last entry goes, so deleted keys leave nothing behind. A refused
+condition reports the value it saw under the lock (:class:`~grove.caches.atomic.Refused`).
 
 Expiry: the moment an entry expires is kept beside it, in ``{(pk, sk): seconds}``, only
 for entries written with ``ttl``, so a store without expiring entries pays one empty-dict
@@ -31,6 +32,8 @@ from grove.caches.atomic import (
     Expected,
     ExpectedToRemove,
     ExpiringCache,
+    Outcome,
+    Refused,
     Sentinel,
     Stored,
 )
@@ -43,6 +46,7 @@ class Handler(ExpiringCache):
     """
 
     clock_owner = "caller"
+    reports_current = True
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._partitions: dict[str, dict[str, str]] = {}
@@ -83,11 +87,11 @@ class Handler(ExpiringCache):
         return partition.get(sk, ABSENT)
 
     @override
-    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> Outcome:
         """Atomic: the check and the write happen under the instance lock."""
         with self._lock:
-            if expected is not ANY and self._live(pk, sk) != expected:
-                return False
+            if expected is not ANY and (current := self._live(pk, sk)) != expected:
+                return Refused(current)
             partition = self._partitions.get(pk)
             if partition is None:
                 self._partitions[pk] = {sk: value}
@@ -98,25 +102,27 @@ class Handler(ExpiringCache):
             return True
 
     @override
-    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
         """Atomic: the check and the write of value and expiry happen under the lock."""
         with self._lock:
-            if expected is not ANY and self._live(pk, sk) != expected:
-                return False
+            if expected is not ANY and (current := self._live(pk, sk)) != expected:
+                return Refused(current)
             self._partitions.setdefault(pk, {})[sk] = value
             self._expiry[(pk, sk)] = self._clock() + ttl
             return True
 
     @override
-    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:
         """Atomic: the check and the removal happen under the instance lock."""
         with self._lock:
             current = self._live(pk, sk)
             if current is ABSENT:
                 self._drop(pk, sk)  # an expired entry goes, as if already gone
-                return expected is ANY
+                return True if expected is ANY else Refused(ABSENT)
             if expected is not ANY and current != expected:
-                return False
+                return Refused(current)
             self._drop(pk, sk)
             return True
 
