@@ -45,6 +45,7 @@ from grove.caches.redis import (
 )
 from grove.caches.testing import (
     ExpiryConformance,
+    LeaseConformance,
     ListingConformance,
     ServerClock,
     SharedCacheConformance,
@@ -108,6 +109,16 @@ class TestRedisConformance(
     def clock(self) -> ServerClock:
         return ServerClock()
 
+    @pytest.fixture
+    def cache(self, handler: Handler) -> BaseCache:
+        return handler
+
+    @pytest.fixture
+    def cache_factory(self, shared_url: str, prefix: str) -> Callable[[], BaseCache]:
+        return functools.partial(make_handler, shared_url, prefix)
+
+
+class TestRedisLease(LeaseConformance):
     @pytest.fixture
     def cache(self, handler: Handler) -> BaseCache:
         return handler
