@@ -151,9 +151,11 @@ class Cluster:
     the test's child; :meth:`stop` signals it by PID.
 
     :param settings: ``name=value`` server settings for every start.
+    :param primary: Make this cluster a streaming standby of that running one (a base
+        backup) instead of a new one.
     """
 
-    def __init__(self, *settings: str) -> None:
+    def __init__(self, *settings: str, primary: Cluster | None = None) -> None:
         bindir = _bindir()
         if bindir is None:
             absent("the PostgreSQL server binaries (initdb, postgres) are not installed")
@@ -178,6 +180,18 @@ class Cluster:
             entry = pwd.getpwnam(self.user)
             for path in (self.root, password_file):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+        if primary is not None:
+            self._run(
+                str(bindir / "pg_basebackup"),
+                "--pgdata",
+                str(self.data),
+                "--write-recovery-conf",
+                "--wal-method",
+                "stream",
+                "--dbname",
+                primary.dsn(),
+            )
+            return
         self._run(
             str(bindir / "initdb"),
             "--pgdata",

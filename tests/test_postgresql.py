@@ -558,11 +558,20 @@ def test_a_refused_login_is_a_configuration_error(
         cache.set("pk", "sk", "v")
 
 
+def _session_pid(cache: Handler) -> int:
+    pool, connection = cache._acquire()
+    try:
+        return int(connection.info.backend_pid)
+    finally:
+        pool.putconn(connection)
+
+
 def test_a_read_only_session_is_an_access_error(postgresql_dsn: str, handler: Handler) -> None:
     handler.set("pk", "sk", "v")
     dsn = postgresql_dsn + "?options=-c%20default_transaction_read_only%3Don"
-    reader = make_handler(dsn, handler.config.table)
+    reader = make_handler(dsn, handler.config.table, pool_size=1)
     assert reader.get("pk", "sk") == "v"
+    session = _session_pid(reader)
     calls: list[Callable[[], object]] = [
         lambda: reader.set("pk", "sk", "w"),
         lambda: reader.set("pk", "new", "w", not_set=True),
@@ -573,6 +582,9 @@ def test_a_read_only_session_is_an_access_error(postgresql_dsn: str, handler: Ha
     for call in calls:
         with pytest.raises(AccessException, match="read-only transaction"):
             call()
+        # After a failover the server may be a standby: the next call reconnects.
+        assert _session_pid(reader) != session
+        session = _session_pid(reader)
     assert handler.get("pk", "sk") == "v"
     reader.close()
 
@@ -806,6 +818,35 @@ def test_each_call_is_one_statement(postgresql_cluster: Cluster) -> None:
     logged = postgresql_cluster.log.read_text()
     assert re.search(rf"{application}\|LOG:  execute _pg3_\d+: SELECT value FROM", logged)
     cache.close()
+
+
+def test_a_standby_refuses_writes_until_it_is_promoted(postgresql_cluster: Cluster) -> None:
+    table = fresh_table_name("standby")
+    primary = make_handler(postgresql_cluster.dsn(), table)
+    primary.create_storage()
+    primary.set("pk", "sk", "v")
+    standby = Cluster(primary=postgresql_cluster)
+    try:
+        standby.start()
+        cache = make_handler(standby.dsn(), table, pool_size=2)
+        assert cache.get("pk", "sk") == "v"
+        writes: list[Callable[[], object]] = [
+            lambda: cache.set("pk", "sk", "w"),
+            lambda: cache.set("pk", "sk", "w", constraint="v"),
+            lambda: cache.set("pk", "new", "w", not_set=True, ttl=60),
+            lambda: cache.delete("pk", "sk"),
+            cache.sweep_expired,
+        ]
+        for write in writes:
+            with pytest.raises(AccessException, match="read-only transaction"):
+                write()
+        standby.execute("SELECT pg_promote()")
+        cache.set("pk", "sk", "w", constraint="v")
+        assert cache.get("pk", "sk") == "w"
+        cache.close()
+    finally:
+        standby.remove()
+        primary.close()
 
 
 def _writer(

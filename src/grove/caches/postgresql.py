@@ -84,8 +84,8 @@ import re
 import select
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, ClassVar, Final, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import pydantic
 from pydantic_settings import SettingsConfigDict
@@ -128,6 +128,8 @@ PAGE_BYTES: Final = 16 * 1024 * 1024
 
 APPLICATION_NAME: Final = "grove.caches"
 """The ``application_name`` of the handler's sessions, unless the DSN sets one."""
+
+_Result = TypeVar("_Result")
 
 _COMMENT_PREFIX: Final = "grove.caches postgresql schema "
 _COLUMNS: Final = (
@@ -367,6 +369,10 @@ def _alive(connection: psycopg.Connection[Any]) -> bool:
     return not readable and connection.pgconn.status == pq.ConnStatus.OK
 
 
+def _row_count(cursor: psycopg.Cursor[Any]) -> int:
+    return cursor.rowcount
+
+
 def _text(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
@@ -489,7 +495,12 @@ class Handler(ExpiringCache):
                 reconnect_timeout=self.config.connect_timeout,
                 num_workers=2,
             )
-            pool.open()
+            # Wait for the first connection, so a single thread keeps using that one
+            # instead of a second one opened because it asked before the first was ready.
+            try:
+                pool.open(wait=True, timeout=self.config.connect_timeout)
+            except PoolTimeout as exc:
+                raise self._no_connection(exc) from exc
             self._finalizer = weakref.finalize(self, _close_pool, pool, os.getpid())
             self._pool = pool
             return pool
@@ -534,32 +545,35 @@ class Handler(ExpiringCache):
             f"{Configuration.env_name('pool_size')}): {self._scrubbed(exc)}"
         )
 
-    def _execute(self, statement: str, parameters: tuple[Any, ...]) -> int:
-        """Run one statement; return its row count."""
+    def _run(
+        self,
+        statement: str,
+        parameters: tuple[Any, ...],
+        result: Callable[[psycopg.Cursor[Any]], _Result],
+    ) -> _Result:
+        """Run one statement on a pooled connection; return ``result`` of its cursor."""
         pool, connection = self._acquire()
         try:
-            return connection.execute(statement, parameters, binary=True).rowcount
+            return result(connection.execute(statement, parameters, binary=True))
+        except psycopg.errors.ReadOnlySqlTransaction:
+            # The server may have become a standby (a failover): a new connection may
+            # reach the new primary, so this one is not used again.
+            connection.close()
+            raise
         finally:
             pool.putconn(connection)
+
+    def _execute(self, statement: str, parameters: tuple[Any, ...]) -> int:
+        """Run one statement; return its row count."""
+        return self._run(statement, parameters, _row_count)
 
     def _fetch_one(self, statement: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Run one query; return its first row."""
-        pool, connection = self._acquire()
-        try:
-            row: tuple[Any, ...] | None = connection.execute(
-                statement, parameters, binary=True
-            ).fetchone()
-            return row
-        finally:
-            pool.putconn(connection)
+        return self._run(statement, parameters, psycopg.Cursor.fetchone)
 
     def _fetch_all(self, statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run one query; return all its rows."""
-        pool, connection = self._acquire()
-        try:
-            return connection.execute(statement, parameters, binary=True).fetchall()
-        finally:
-            pool.putconn(connection)
+        return self._run(statement, parameters, psycopg.Cursor.fetchall)
 
     # -- storage -----------------------------------------------------------------------
 
