@@ -32,8 +32,10 @@ from postgresql_server import (
 )
 from psycopg import sql
 
+from benchmarks.postgresql import BulkLoadedHandler, RawStatements, _Tables
 from grove.caches import BaseCache, CacheEntry, load
 from grove.caches import postgresql as module
+from grove.caches.benchmark import OPERATIONS, Workload, measure
 from grove.caches.postgresql import SCHEMA_VERSION, Configuration, Handler, mask_dsn
 from grove.caches.testing import (
     ExpiryConformance,
@@ -232,26 +234,22 @@ def test_sessions_must_be_read_committed(postgresql_dsn: str, handler: Handler) 
 # -- values, keys and listing --------------------------------------------------------
 
 
-def test_nul_and_text_after_it_count(handler: Handler) -> None:
-    handler.set("k\x00a", "s\x00a", "v\x00a")
-    handler.set("k\x00b", "s\x00a", "v\x00b")
-    handler.set("k\x00a", "s\x00b", "")
-    assert handler.get("k\x00a", "s\x00a") == "v\x00a"
-    assert handler.get("k\x00b", "s\x00a") == "v\x00b"
+def test_nul_is_stored_and_bounds_partitions_exactly(handler: Handler) -> None:
+    # A partition is the byte range [pk, pk || 0x00): "k\x00a" is another partition.
+    entries = [("k", "s", "v"), ("k\x00", "s\x00", "\x00"), ("k\x00a", "s", "v\x00w")]
+    for pk, sk, value in entries:
+        handler.set(pk, sk, value)
+    assert [handler.get(pk, sk) for pk, sk, _ in entries] == ["v", "\x00", "v\x00w"]
+    assert list(handler.entries("k")) == [CacheEntry("k", "s", "v")]
+    assert list(handler.entries("k\x00")) == [CacheEntry("k\x00", "s\x00", "\x00")]
+    assert list(handler.entries(prefix="k")) == [CacheEntry(*entry) for entry in entries]
+    assert list(handler.entries(prefix="k\x00")) == [CacheEntry(*entry) for entry in entries[1:]]
     with pytest.raises(DataFormatException):
-        handler.set("k\x00a", "s\x00a", "w", constraint="v\x00b")
+        handler.set("k\x00a", "s", "x", constraint="v")
     with pytest.raises(DataFormatException):
-        handler.delete("k\x00a", "s\x00a", constraint="v\x00")
-    handler.set("k\x00a", "s\x00a", "w", constraint="v\x00a")
-    assert sorted(handler.entries(prefix="k\x00")) == [
-        CacheEntry("k\x00a", "s\x00a", "w"),
-        CacheEntry("k\x00a", "s\x00b", ""),
-        CacheEntry("k\x00b", "s\x00a", "v\x00b"),
-    ]
-    assert sorted(handler.entries("k\x00a")) == [
-        CacheEntry("k\x00a", "s\x00a", "w"),
-        CacheEntry("k\x00a", "s\x00b", ""),
-    ]
+        handler.delete("k\x00", "s\x00", constraint="")
+    handler.set("k\x00a", "s", "x", constraint="v\x00w")
+    assert handler.get("k\x00a", "s") == "x"
 
 
 def test_listing_by_prefix_at_unicode_edges(handler: Handler) -> None:
@@ -921,3 +919,30 @@ def test_the_same_handler_works_again_when_the_server_is_back(postgresql_cluster
     cache.set("pk", "sk", "after", constraint="before")
     assert cache.get("pk", "sk") == "after"
     cache.close()
+
+
+# -- the benchmark's subjects --------------------------------------------------------
+
+
+def test_benchmark_subjects_measure_keep_their_keys_and_drop_their_tables(
+    postgresql_dsn: str,
+) -> None:
+    tables = _Tables(postgresql_dsn)
+    handler, raw = BulkLoadedHandler(tables), RawStatements(tables)
+    try:
+        workload = Workload(keys=30, calls=40, repeats=1)
+        results = measure({"handler": handler, "floor": raw}, workload)
+        assert all(list(result) == list(OPERATIONS) for result in results.values())
+        assert len(list(handler.entries())) == 30
+        count = raw.connection.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(raw.table)).as_string()
+        ).fetchone()
+        assert count == (30,)
+    finally:
+        handler.close()
+        raw.connection.close()
+        names = list(tables.names)
+        tables.drop()
+    with _raw(postgresql_dsn) as connection:
+        for name in names:
+            assert connection.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
