@@ -415,6 +415,31 @@ def test_sweep_keeps_rows_written_again(postgresql_dsn: str, handler: Handler) -
     ]
 
 
+def test_sweep_skips_rows_being_written_instead_of_waiting(
+    postgresql_dsn: str, handler: Handler
+) -> None:
+    handler.set("sweep", "locked", "v", ttl=60)
+    handler.set("sweep", "free", "v", ttl=60)
+    table = sql.Identifier(handler.config.table)
+    with _raw(postgresql_dsn) as raw:
+        raw.execute(
+            sql.SQL("UPDATE {} SET expires_at = now() - interval '1 second'")
+            .format(table)
+            .as_string()
+        )
+    # A sweep that waited for the lock would fail with a statement timeout.
+    sweeper = make_handler(postgresql_dsn, handler.config.table, statement_timeout=10)
+    holder = _hold_row_lock(postgresql_dsn, handler.config.table, "sweep", "locked")
+    try:
+        assert sweeper.sweep_expired() == 1
+        sweeper.close()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert handler.sweep_expired() == 1
+    assert handler.sweep_expired() == 0
+
+
 # -- configuration -------------------------------------------------------------------
 
 

@@ -427,7 +427,6 @@ class Handler(ExpiringCache):
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._pid = os.getpid()
         _open_handlers.add(self)
 
     def _connection_string(self, dsn: str) -> str:
