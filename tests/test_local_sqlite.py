@@ -10,6 +10,8 @@ import re
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grove.caches import BaseCache, CacheEntry, load
+from grove.caches import BaseCache, CacheEntry, load, local_sqlite
 from grove.caches.local_sqlite import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -30,7 +32,12 @@ from grove.caches.local_sqlite import (
     prefix_end,
 )
 from grove.caches.testing import ListingConformance, SharedCacheConformance
-from grove.exceptions import AccessException, ConfigurationException, DataFormatException
+from grove.exceptions import (
+    AccessException,
+    ConfigurationException,
+    DataFormatException,
+    NotFoundException,
+)
 
 
 class TestLocalSqliteConformance(SharedCacheConformance, ListingConformance):
@@ -505,3 +512,265 @@ def test_missing_path_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("GROVE_CACHE_LOCAL_SQLITE_PATH", raising=False)
     with pytest.raises(ConfigurationException, match="GROVE_CACHE_LOCAL_SQLITE_PATH is required"):
         Handler()
+
+
+# -- a missing database (issue 11, item 4) --------------------------------------------
+
+
+def test_reads_of_a_missing_database_create_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "mistyped" / "cache.db"
+    cache = _handler(path)
+    with pytest.raises(NotFoundException):
+        cache.get("pk", "sk")
+    cache.delete("pk", "sk")
+    with pytest.raises(DataFormatException):
+        cache.delete("pk", "sk", constraint="v")
+    assert list(cache.entries()) == []
+    assert list(cache.entries("pk")) == []
+    assert list(cache.entries(prefix="p")) == []
+    assert not (tmp_path / "mistyped").exists()
+    cache.set("pk", "sk", "v")  # the first write creates it
+    assert _handler(path).get("pk", "sk") == "v"
+
+
+def test_reads_of_an_empty_file_write_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    path.touch()
+    cache = _handler(path)
+    with pytest.raises(NotFoundException):
+        cache.get("pk", "sk")
+    cache.delete("pk", "sk")
+    assert list(cache.entries()) == []
+    assert path.stat().st_size == 0
+    assert sorted(os.listdir(tmp_path)) == ["cache.db"]
+
+
+def test_setup_creates_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "cache.db"
+    _handler(path).setup()
+    assert _pragma(_handler(path), "user_version") == SCHEMA_VERSION
+
+
+# -- the file removed or replaced while open (issue 10, item 7) ------------------------
+
+
+def _remove_files(path: Path, *suffixes: str) -> None:
+    for suffix in suffixes:
+        Path(f"{path}{suffix}").unlink()
+
+
+def test_writes_into_a_removed_database_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "before", "1")
+    _remove_files(path, "", "-wal", "-shm")
+    with pytest.raises(AccessException, match=r"set of pk='pk' sk='after'.*removed or replaced"):
+        cache.set("pk", "after", "2")
+    # Nothing is created again behind the operator's back, by reads or writes...
+    with pytest.raises(AccessException, match=r"removed while in use.*setup"):
+        cache.get("pk", "before")
+    with pytest.raises(AccessException, match="removed while in use"):
+        cache.set("pk", "after", "2")
+    with pytest.raises(AccessException, match="removed while in use"):
+        cache.delete("pk", "before")
+    assert not path.exists()
+    # ...until setup() (grove-cache init) makes a new store.
+    cache.setup()
+    cache.set("pk", "after", "3")
+    assert [tuple(entry) for entry in _handler(path).entries()] == [("pk", "after", "3")]
+
+
+@pytest.mark.parametrize("operation", ["set", "not_set", "constraint", "delete", "delete_if"])
+def test_every_write_into_a_replaced_database_is_refused(tmp_path: Path, operation: str) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "old")
+    replacement = _handler(tmp_path / "backup.db")
+    replacement.set("pk", "sk", "restored")
+    replacement.close()
+    os.replace(tmp_path / "backup.db", path)  # e.g. a backup put back in place
+    _remove_files(path, "-wal", "-shm")
+    writes: dict[str, Callable[[], None]] = {
+        "set": lambda: cache.set("pk", "sk", "new"),
+        "not_set": lambda: cache.set("pk", "other", "new", not_set=True),
+        "constraint": lambda: cache.set("pk", "sk", "new", constraint="old"),
+        "delete": lambda: cache.delete("pk", "sk"),
+        "delete_if": lambda: cache.delete("pk", "sk", constraint="old"),
+    }
+    with pytest.raises(AccessException, match=re.escape(str(path)) + ".*removed or replaced"):
+        writes[operation]()
+    # The next call uses the store now at the path, in every thread.
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.append(cache.get("pk", "sk")))
+    reader.start()
+    reader.join()
+    assert seen == ["restored"]
+    assert cache.get("pk", "sk") == "restored"
+    cache.set("pk", "sk", "new", constraint="restored")
+    assert _handler(path).get("pk", "sk") == "new"
+
+
+def test_a_thread_that_read_before_the_replacement_reads_the_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "old")
+    proceed, replaced = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def reader() -> None:
+        seen.append(cache.get("pk", "sk"))  # opens this thread's connection
+        proceed.set()
+        replaced.wait()
+        seen.append(cache.get("pk", "sk"))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    proceed.wait()
+    replacement = _handler(tmp_path / "backup.db")
+    replacement.set("pk", "sk", "restored")
+    replacement.close()
+    os.replace(tmp_path / "backup.db", path)
+    _remove_files(path, "-wal", "-shm")
+    try:
+        with pytest.raises(AccessException, match="removed or replaced"):
+            cache.set("pk", "x", "1")  # this thread's write finds out, for every thread
+    finally:
+        replaced.set()
+        thread.join()
+    assert seen == ["old", "restored"]
+
+
+def test_removal_is_seen_once_the_directory_stamp_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trust a stamp as soon as it is in the past, so that the quick check is in use.
+    monkeypatch.setattr(local_sqlite, "_SETTLED_NS", 0)
+    monkeypatch.setattr(local_sqlite, "_SETTLED_WHOLE_SECONDS_NS", 0)
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "1")
+    cache.set("pk", "sk", "2")
+    assert cache._local.connection.stamp is not None
+    _remove_files(path, "", "-wal", "-shm")
+    with pytest.raises(AccessException, match="removed or replaced"):
+        cache.set("pk", "sk", "3")
+
+
+@pytest.mark.parametrize("margin", [0, 3_600_000_000_000])
+def test_a_directory_stamp_is_trusted_only_when_older_than_a_clock_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, margin: int
+) -> None:
+    monkeypatch.setattr(local_sqlite, "_SETTLED_NS", margin)
+    monkeypatch.setattr(local_sqlite, "_SETTLED_WHOLE_SECONDS_NS", margin)
+    (tmp_path / "a file").touch()  # a change, stamped just now
+    found = os.stat(tmp_path)
+    expected = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_ctime_ns)
+    assert local_sqlite._settled_stamp(str(tmp_path)) == (expected if margin == 0 else None)
+
+
+_READ_ALL = """
+import sqlite3, sys
+with sqlite3.connect(sys.argv[1]) as connection:
+    print(sorted(connection.execute("SELECT sk, value FROM entries").fetchall()))
+"""
+
+
+def _entries_seen_by_another_process(path: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", _READ_ALL, str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_writes_after_the_wal_and_shm_were_removed_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "before", "1")
+    cache.close()  # folds the WAL into the file: "before" is in the database itself
+    cache.set("pk", "kept", "2")
+    _remove_files(path, "-wal", "-shm")  # loses "kept": SQLite cannot help that
+    with pytest.raises(AccessException, match=r"sk='after'.*removed or replaced"):
+        cache.set("pk", "after", "3")
+    # SQLite in this process would go on using the removed -shm: refuse, until a restart.
+    with pytest.raises(AccessException, match="restart"):
+        cache.get("pk", "before")
+    cache.close()
+    with pytest.raises(AccessException, match="restart"):
+        _handler(path).set("pk", "after", "3")
+    # The refused write never reaches the database, not even when connections close.
+    assert _entries_seen_by_another_process(path) == "[('before', '1')]"
+
+
+# -- rows written by other tools (issue 10, items 8 and 9) ----------------------------
+
+
+def _insert_raw(path: Path, pk: object, sk: object, value: object) -> None:
+    with closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("INSERT INTO entries (pk, sk, value) VALUES (?, ?, ?)", (pk, sk, value))
+
+
+def test_a_value_stored_as_a_blob_reads_and_compares_as_its_text(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.setup()
+    text = "caf\u00e9 \u2603\x00after a NUL"
+    _insert_raw(path, "pk", "sk", text.encode())  # as sqlite3's readfile() would
+    _insert_raw(path, "pk", "other", text.encode())
+    assert cache.get("pk", "sk") == text
+    assert type(cache.get("pk", "sk")) is str
+    assert sorted(cache.entries("pk")) == [("pk", "other", text), ("pk", "sk", text)]
+    assert all(type(entry.value) is str for entry in cache.entries())
+    with pytest.raises(DataFormatException):
+        cache.set("pk", "sk", "new", constraint=text[:-1])
+    cache.set("pk", "sk", "new", constraint=text)
+    assert cache.get("pk", "sk") == "new"
+    cache.delete("pk", "other", constraint=text)
+    assert list(cache.entries()) == [("pk", "sk", "new")]
+
+
+@pytest.mark.parametrize("column", ["pk", "sk"])
+def test_a_key_stored_as_a_blob_is_an_access_error_naming_it(tmp_path: Path, column: str) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "v")
+    keys = {"pk": "pk", "sk": "sk", column: b"blob-key"}
+    _insert_raw(path, keys["pk"], keys["sk"], "secret value")
+    with pytest.raises(AccessException, match=r"blob-key.*BLOB") as caught:
+        list(cache.entries())
+    assert "secret" not in _messages(caught.value)
+
+
+_UNDECODABLE = b"secret token \xff\xfe"
+
+
+def _messages(exc: BaseException | None) -> str:
+    """Every message in an exception's chain, as a traceback would show them."""
+    seen = []
+    while exc is not None:
+        seen.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(seen)
+
+
+@pytest.mark.parametrize("stored_as", ["BLOB", "TEXT"])
+def test_an_undecodable_value_is_an_access_error_without_its_text(
+    tmp_path: Path, stored_as: str
+) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "fine", "v")
+    with closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute(
+            f"INSERT INTO entries VALUES ('pk', 'bad', CAST(? AS {stored_as}))", (_UNDECODABLE,)
+        )
+    with pytest.raises(AccessException, match=r"get of pk='pk' sk='bad'.*not UTF-8") as caught:
+        cache.get("pk", "bad")
+    assert "secret" not in _messages(caught.value)
+    with pytest.raises(AccessException, match=r"pk='pk' sk='bad'.*not UTF-8") as caught:
+        list(cache.entries("pk"))
+    assert "secret" not in _messages(caught.value)
+    with pytest.raises(DataFormatException) as refused:  # no str equals it
+        cache.set("pk", "bad", "new", constraint=_UNDECODABLE.decode("latin-1"))
+    assert "secret" not in _messages(refused.value)
+    assert cache.get("pk", "fine") == "v"
+    cache.set("pk", "bad", "repaired")  # a plain set overwrites it
+    assert cache.get("pk", "bad") == "repaired"
