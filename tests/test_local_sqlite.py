@@ -23,7 +23,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.local_sqlite import BulkLoadedHandler, ExpiringHandler
 from grove.caches import BaseCache, CacheEntry, load, local_sqlite
+from grove.caches.benchmark import Workload, measure
 from grove.caches.local_sqlite import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -31,7 +33,13 @@ from grove.caches.local_sqlite import (
     Handler,
     prefix_end,
 )
-from grove.caches.testing import ListingConformance, SharedCacheConformance
+from grove.caches.testing import (
+    ExpiryConformance,
+    ListingConformance,
+    ManualClock,
+    SharedCacheConformance,
+    SharedExpiryConformance,
+)
 from grove.exceptions import (
     AccessException,
     ConfigurationException,
@@ -40,14 +48,16 @@ from grove.exceptions import (
 )
 
 
-class TestLocalSqliteConformance(SharedCacheConformance, ListingConformance):
+class TestLocalSqliteConformance(
+    SharedCacheConformance, ListingConformance, ExpiryConformance, SharedExpiryConformance
+):
     @pytest.fixture
     def database(self, tmp_path: Path) -> str:
         return str(tmp_path / "cache.db")
 
     @pytest.fixture
-    def cache(self, database: str) -> Handler:
-        return Handler(Configuration(path=database))
+    def cache(self, database: str, clock: ManualClock) -> Handler:
+        return Handler(Configuration(path=database), clock=clock)
 
     @pytest.fixture
     def cache_factory(self, database: str) -> Callable[[], BaseCache]:
@@ -68,17 +78,18 @@ def _pragma(cache: Handler, name: str) -> Any:
 def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path: Path) -> None:
     cache = _handler(tmp_path / "cache.db")
     cache.setup()
-    assert _pragma(cache, "user_version") == SCHEMA_VERSION == 1
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION == 2
     assert _pragma(cache, "application_id") == APPLICATION_ID
     assert _pragma(cache, "journal_mode") == "wal"
     with closing(sqlite3.connect(tmp_path / "cache.db")) as raw:
         (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
         columns = raw.execute("PRAGMA table_info(entries)").fetchall()
     assert "WITHOUT ROWID" in sql
-    assert [(name, kind, primary) for _, name, kind, _, _, primary in columns] == [
-        ("pk", "TEXT", 1),
-        ("sk", "TEXT", 2),
-        ("value", "TEXT", 0),
+    assert [(name, kind, not_null, primary) for _, name, kind, not_null, _, primary in columns] == [
+        ("pk", "TEXT", 1, 1),
+        ("sk", "TEXT", 1, 2),
+        ("value", "TEXT", 1, 0),
+        ("expires_at", "REAL", 0, 0),
     ]
 
 
@@ -102,7 +113,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     cache = _handler(path)
     with pytest.raises(ConfigurationException, match=r"GROVE_CACHE_LOCAL_SQLITE_PATH.*newer"):
         cache.setup()
-    with pytest.raises(ConfigurationException, match="schema version 2"):
+    with pytest.raises(ConfigurationException, match=f"schema version {SCHEMA_VERSION + 1}"):
         cache.get("pk", "sk")
 
 
@@ -760,7 +771,8 @@ def test_an_undecodable_value_is_an_access_error_without_its_text(
     cache.set("pk", "fine", "v")
     with closing(sqlite3.connect(path)) as raw, raw:
         raw.execute(
-            f"INSERT INTO entries VALUES ('pk', 'bad', CAST(? AS {stored_as}))", (_UNDECODABLE,)
+            f"INSERT INTO entries (pk, sk, value) VALUES ('pk', 'bad', CAST(? AS {stored_as}))",
+            (_UNDECODABLE,),
         )
     with pytest.raises(AccessException, match=r"get of pk='pk' sk='bad'.*not UTF-8") as caught:
         cache.get("pk", "bad")
@@ -774,3 +786,161 @@ def test_an_undecodable_value_is_an_access_error_without_its_text(
     assert cache.get("pk", "fine") == "v"
     cache.set("pk", "bad", "repaired")  # a plain set overwrites it
     assert cache.get("pk", "bad") == "repaired"
+
+
+# -- expiry (issue 13) ----------------------------------------------------------------
+
+_VERSION_1_FILE = Path(__file__).parent / "data" / "local_sqlite_v1.db"
+"""A database written by schema version 1 (main at 4e1e1a2, before expiry)."""
+
+_VERSION_1_ENTRIES = [
+    ("dedup.okta", "hashes", '["0cc175b9c0f1b6a831c399e269772661"]'),
+    ("emoji \U0001f332", "new\nline", "caf\u00e9 \u2603\x00after-nul"),
+    ("empty", "value", ""),
+    ("execution_lock.okta", "system_log", "1714564800.0"),
+    ("pointer.okta.0cc175b9c0f1b6a831c399e269772661", "system_log", "2024-05-01T12:00:00Z"),
+]
+
+
+def _version_1_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "old.db"
+    path.write_bytes(_VERSION_1_FILE.read_bytes())
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert "expires_at" not in {row[1] for row in raw.execute("PRAGMA table_info(entries)")}
+    return path
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = _version_1_copy(tmp_path)
+    inode = path.stat().st_ino
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(path)), clock=clock)
+    assert cache.get("empty", "value") == ""  # a read opens, and upgrades, the file
+    assert sorted(cache.entries()) == _VERSION_1_ENTRIES
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+    assert path.stat().st_ino == inode
+    for pk, sk, _ in _VERSION_1_ENTRIES:
+        assert cache.expires_at(pk, sk) is None
+    cache.set("execution_lock.okta", "system_log", "taken", constraint="1714564800.0", ttl=60)
+    clock.advance(61)
+    with pytest.raises(NotFoundException):
+        cache.get("execution_lock.okta", "system_log")
+    assert len(list(cache.entries())) == len(_VERSION_1_ENTRIES) - 1
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_processes_upgrading_one_file_at_once(tmp_path: Path) -> None:
+    path = str(_version_1_copy(tmp_path))
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(6)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_open_and_write, args=(path, f"w{i}", barrier, results))
+        for i in range(6)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert outcomes == [f"w{i}: ok" for i in range(6)]
+    cache = _handler(path)
+    assert len(list(cache.entries())) == len(_VERSION_1_ENTRIES) + 6
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+
+
+def test_expiry_is_the_callers_clock_in_epoch_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    early = Handler(Configuration(path=str(path)), clock=ManualClock(start=1_000_000.0))
+    late = Handler(Configuration(path=str(path)), clock=ManualClock(start=1_000_100.0))
+    early.set("pk", "sk", "v", ttl=60)
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT expires_at FROM entries").fetchall() == [(1_000_060.0,)]
+    assert early.get("pk", "sk") == "v"  # each caller decides by its own clock
+    with pytest.raises(NotFoundException):
+        late.get("pk", "sk")
+    late.set("pk", "sk", "mine", not_set=True)
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT value, expires_at FROM entries").fetchall() == [("mine", None)]
+
+
+def test_every_call_is_one_statement(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    cache.set("pk", "warm", "up")
+    statements: list[str] = []
+    cache._local.connection.connection.set_trace_callback(statements.append)
+    calls: list[Callable[[], object]] = [
+        lambda: cache.set("pk", "sk", "1", ttl=60),
+        lambda: cache.get("pk", "sk"),
+        lambda: cache.set("pk", "sk", "2", constraint="1", ttl=60),
+        lambda: cache.set("pk", "sk", "3", constraint="2"),
+        lambda: cache.set("pk", "sk", "4"),
+        lambda: cache.delete("pk", "sk", constraint="4"),
+        lambda: cache.set("pk", "sk", "5", not_set=True, ttl=10),
+        lambda: clock.advance(20),
+        lambda: cache.set("pk", "sk", "6", not_set=True, ttl=10),  # over the expired row
+        lambda: cache.delete("pk", "sk"),
+    ]
+    for call in calls:
+        statements.clear()
+        call()
+        assert len(statements) == (0 if call is calls[7] else 1), statements
+    assert cache.expires_at("pk", "warm") is None
+
+
+def test_sweep_reads_the_table_once_and_wraps_around(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    for index in range(40):  # expiring entries between entries that stay
+        cache.set(f"pk{index:02d}", "gone", "v", ttl=10)
+        cache.set(f"pk{index:02d}", "kept", "v")
+    clock.advance(20)
+    assert cache._sweep_expired(15) == 15  # stops at pk14
+    cache.set("pk00", "late", "v", ttl=10)  # expires behind where the sweep stopped
+    cache.set("pk39", "late", "v", ttl=10)
+    clock.advance(20)
+    batches: list[int] = []
+    assert cache.sweep_expired(batch_size=10, progress=batches.append) == 25 + 2
+    assert batches == [10, 10, 7]  # pk15..pk24, pk25..pk34, pk35..pk39 + both late ones
+    assert sorted(entry.pk for entry in cache.entries()) == [f"pk{i:02d}" for i in range(40)]
+    assert cache.sweep_expired() == 0
+
+
+def test_sweep_keeps_an_entry_written_again_since_it_was_found(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    cache.set("pk", "a", "v", ttl=10)
+    cache.set("pk", "b", "v", ttl=10)
+    clock.advance(20)
+    statements: list[str] = []
+    connection = cache._local.connection.connection
+
+    def rewrite_after_the_search(statement: str) -> None:
+        statements.append(statement)
+        if statement == "BEGIN IMMEDIATE":
+            # Another process writes "a" again between the search and the deletion.
+            with closing(sqlite3.connect(tmp_path / "cache.db", isolation_level=None)) as other:
+                other.execute("UPDATE entries SET value = 'w', expires_at = NULL WHERE sk = 'a'")
+
+    connection.set_trace_callback(rewrite_after_the_search)
+    assert cache.sweep_expired() == 1
+    connection.set_trace_callback(None)
+    assert cache.get("pk", "a") == "w"
+    assert [statement.split()[0] for statement in statements] == [
+        "SELECT",
+        "BEGIN",
+        "DELETE",
+        "DELETE",
+        "COMMIT",
+    ]
+
+
+def test_the_benchmarks_ttl_subject_writes_only_expiring_entries() -> None:
+    with_ttl, without = ExpiringHandler("normal"), BulkLoadedHandler("normal")
+    measure({"with ttl": with_ttl, "without": without}, Workload(keys=30, calls=60, repeats=1))
+    expiring = [with_ttl.handler.expires_at(pk, sk) for pk, sk, _ in with_ttl.handler.entries()]
+    assert len(expiring) == 30 and None not in expiring
+    assert {without.expires_at(pk, sk) for pk, sk, _ in without.entries()} == {None}

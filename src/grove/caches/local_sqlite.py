@@ -1,14 +1,17 @@
 """Grove SQLite cache handler: one durable file, shared by the threads and processes of a host.
 
-Layout: one table, ``entries (pk TEXT, sk TEXT, value TEXT, PRIMARY KEY (pk, sk)) WITHOUT
-ROWID``, so an entry is one row of the primary-key B-tree, found and changed in place. The
+Layout: one table, ``entries (pk TEXT, sk TEXT, value TEXT, expires_at REAL, PRIMARY KEY
+(pk, sk)) WITHOUT ROWID``, so an entry is one row of the primary-key B-tree, found and
+changed in place, its expiry beside its value (``NULL`` for an entry that never expires). The
 file is in WAL mode: readers never wait for writers, and a writer appends to the
 ``-wal`` file. It is created by the first write, or by :meth:`Handler.setup`, 0600 (its
 directory 0700 when the handler makes it); SQLite gives the ``-wal`` and ``-shm`` files
 the database's mode. A read never creates anything: reading a path where there is no
 database (or an empty file) finds no entries. ``PRAGMA application_id`` marks the file as
-a Grove cache and ``PRAGMA user_version`` records the schema version, so a later version
-can migrate it; a file of a newer, unknown version is refused.
+a Grove cache and ``PRAGMA user_version`` records the schema version: a file of an
+earlier version (1, before expiry) is upgraded in place when it is opened, by one
+``ALTER TABLE`` that adds the column (constant time, whatever the size); a file of a
+newer, unknown version is refused.
 
 Atomicity: every call is one SQL statement in its own transaction, with its condition in
 the statement (``INSERT ... ON CONFLICT DO NOTHING``, ``UPDATE ... WHERE value = ?``,
@@ -17,6 +20,17 @@ write statement takes SQLite's write lock before it reads, so the check and the 
 one step for every connection to the file, in any process. There is no read before a
 write. A busy file is waited for up to ``busy_timeout`` seconds, then the call raises
 :class:`~grove.exceptions.AccessException`.
+
+Expiry: a write with ``ttl`` stores ``expires_at``, in seconds since the epoch by the
+caller's clock (see :class:`Handler`), in the same statement as the value; a write
+without ``ttl`` stores ``NULL``. Every statement takes the caller's current time as a
+parameter and treats a row that has expired as absent, within the statement: a read
+does not see it, ``not_set`` is an upsert that replaces only an expired row, a condition
+on the value does not match it, and a listing skips it. Expired rows stay in the file
+until an unconditional write or delete of their key, or
+:meth:`~grove.caches.atomic.ExpiringCache.sweep_expired`, which removes them in batches:
+each batch is found by a read, which locks nothing however many live rows it passes, and
+deleted in one short transaction that checks each row's expiry again.
 
 Durability: a transaction is committed by appending its pages and a commit record to the
 WAL. A ``kill -9`` at any moment leaves either the whole transaction or none of it: a
@@ -78,53 +92,75 @@ from grove.caches import CacheEntry
 from grove.caches.atomic import (
     ABSENT,
     ANY,
-    AtomicCache,
+    Clock,
     Expected,
     ExpectedToRemove,
+    ExpiringCache,
+    Sentinel,
     Stored,
     describe_key,
 )
 from grove.caches.configuration import HandlerConfiguration
 from grove.exceptions import AccessException, ConfigurationException
 
-SCHEMA_VERSION: Final = 1
-"""The layout this module writes, recorded in the file's ``PRAGMA user_version``."""
+SCHEMA_VERSION: Final = 2
+"""The layout this module writes, recorded in the file's ``PRAGMA user_version``.
+
+1: ``entries (pk, sk, value)``. 2: adds ``expires_at``, upgraded in place from 1.
+"""
 
 APPLICATION_ID: Final = 0x67726F76
 """``PRAGMA application_id`` of a Grove cache file (``grov`` in ASCII)."""
 
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS entries ("
-    "pk TEXT NOT NULL, sk TEXT NOT NULL, value TEXT NOT NULL, "
+    "pk TEXT NOT NULL, sk TEXT NOT NULL, value TEXT NOT NULL, expires_at REAL, "
     "PRIMARY KEY (pk, sk)) WITHOUT ROWID"
 )
+_UPGRADES: Final = {1: ("ALTER TABLE entries ADD COLUMN expires_at REAL",)}
+"""The statements that take a file from a schema version to the next one."""
+
 _SCHEMA = (
     "SELECT application_id, user_version, EXISTS (SELECT 1 FROM sqlite_master) "
     "FROM pragma_application_id(), pragma_user_version()"
 )
-# Text is read as bytes and decoded here, so that a row written by another program that
-# is not UTF-8 gives an error of ours, which names the key and not the text.
-_SELECT = "SELECT CAST(value AS BLOB) FROM entries WHERE pk = ? AND sk = ?"
+# Every statement takes the caller's "now" and treats a row whose expires_at is not
+# after it as absent, within the statement. Text is read as bytes and decoded here, so
+# that a row written by another program that is not UTF-8 gives an error of ours, which
+# names the key and not the text.
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_SELECT = f"SELECT CAST(value AS BLOB) FROM entries WHERE pk = ? AND sk = ? AND {_LIVE}"
+_SELECT_EXPIRY = f"SELECT expires_at FROM entries WHERE pk = ? AND sk = ? AND {_LIVE}"
 _UPSERT = (
-    "INSERT INTO entries (pk, sk, value) VALUES (?, ?, ?) "
-    "ON CONFLICT (pk, sk) DO UPDATE SET value = excluded.value"
+    "INSERT INTO entries (pk, sk, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (pk, sk) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
 _INSERT_IF_ABSENT = (
-    "INSERT INTO entries (pk, sk, value) VALUES (?, ?, ?) ON CONFLICT (pk, sk) DO NOTHING"
+    "INSERT INTO entries (pk, sk, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (pk, sk) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at "
+    "WHERE entries.expires_at <= ?"
 )
 _UPDATE_IF_EQUAL = (
-    "UPDATE entries SET value = ? WHERE pk = ? AND sk = ? AND CAST(value AS TEXT) = ?"
+    "UPDATE entries SET value = ?, expires_at = ? "
+    f"WHERE pk = ? AND sk = ? AND CAST(value AS TEXT) = ? AND {_LIVE}"
 )
 _DELETE = "DELETE FROM entries WHERE pk = ? AND sk = ?"
-_DELETE_IF_EQUAL = "DELETE FROM entries WHERE pk = ? AND sk = ? AND CAST(value AS TEXT) = ?"
+_DELETE_IF_EQUAL = (
+    f"DELETE FROM entries WHERE pk = ? AND sk = ? AND CAST(value AS TEXT) = ? AND {_LIVE}"
+)
 _SCAN = (
     "SELECT CAST(pk AS BLOB), CAST(sk AS BLOB), CAST(value AS BLOB), "
-    "typeof(pk) = 'text' AND typeof(sk) = 'text' FROM entries"
+    f"typeof(pk) = 'text' AND typeof(sk) = 'text' FROM entries WHERE {_LIVE}"
 )
 _SCAN_ALL = _SCAN
-_SCAN_PK = _SCAN + " WHERE pk = ?"
-_SCAN_FROM = _SCAN + " WHERE pk >= ?"
-_SCAN_RANGE = _SCAN + " WHERE pk >= ? AND pk < ?"
+_SCAN_PK = _SCAN + " AND pk = ?"
+_SCAN_FROM = _SCAN + " AND pk >= ?"
+_SCAN_RANGE = _SCAN + " AND pk >= ? AND pk < ?"
+_EXPIRED = "SELECT pk, sk FROM entries WHERE expires_at <= ? ORDER BY pk, sk LIMIT ?"
+_EXPIRED_AFTER = (
+    "SELECT pk, sk FROM entries WHERE (pk, sk) > (?, ?) AND expires_at <= ? ORDER BY pk, sk LIMIT ?"
+)
+_DELETE_IF_EXPIRED = "DELETE FROM entries WHERE pk = ? AND sk = ? AND expires_at <= ?"
 
 _MAX_CHAR: Final = 0x10FFFF
 _SURROGATES: Final = range(0xD800, 0xE000)
@@ -329,17 +365,31 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Handler(AtomicCache):
-    """A SQLite backed cache: durable, shared by the threads and processes of one host."""
+class Handler(ExpiringCache):
+    """A SQLite backed cache: durable, shared by the threads and processes of one host.
+
+    Expiry: the caller's clock decides. A write with ``ttl`` stores ``clock() + ttl`` in
+    the row, and every statement compares the row with the ``clock()`` of the process
+    making the call. The processes sharing a file share one host and so one system clock:
+    they agree, and there is no skew between them. A step of that clock (set by hand, or
+    by NTP when it was far off) moves every expiry at once: forward expires entries early,
+    backward keeps them longer. A process given another ``clock`` sees expiry by that
+    clock, and differs from the others by as much as its clock does.
+    """
 
     driver_errors = (sqlite3.Error, OSError)
+    clock_owner = "caller"
 
-    def __init__(self, config: Configuration | None = None) -> None:
+    def __init__(self, config: Configuration | None = None, *, clock: Clock | None = None) -> None:
         """Create the handler; the file is opened on first use (or by :meth:`setup`).
 
         :param config: The settings; read from the environment when ``None``.
+        :param clock: The clock that decides expiry, in seconds since the epoch;
+            ``time.time`` when ``None``.
         :raises ConfigurationException: A setting is missing or invalid.
         """
+        self._clock = clock or time.time
+        self._sweep_after: tuple[str, str] | None = None
         self.config = config if config is not None else Configuration.from_environment()
         self.path = os.path.abspath(self.config.path)
         self._directory = os.path.dirname(self.path)
@@ -524,30 +574,38 @@ class Handler(AtomicCache):
     def _prepare(self, connection: sqlite3.Connection, *, create: bool) -> bool:
         """Set the pragmas and check the schema, creating it in a new file if asked.
 
+        A file of an earlier schema version is upgraded in place.
+
         :return: ``False`` when the file holds no store yet and ``create`` is false; then
             nothing was written.
         """
-        if self._schema_version(connection) == 0:
-            if not create:
-                return False
-            self._create_schema(connection)
-        elif connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        version = self._schema_version(connection)
+        if version == 0 and not create:
+            return False
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._enable_wal(connection)
+        if version != SCHEMA_VERSION:
+            self._create_or_upgrade(connection)
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         return True
 
-    def _create_schema(self, connection: sqlite3.Connection) -> None:
-        """Switch a new file to WAL mode and create its table."""
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self._enable_wal(connection)
-        # Create the table under the write lock, so that processes opening the file at
-        # once create it once, and see it complete.
+    def _create_or_upgrade(self, connection: sqlite3.Connection) -> None:
+        """Create the table in a new file, or upgrade an older schema to this one.
+
+        Under the write lock, so that processes opening the file at once create or
+        upgrade it once, and see it complete.
+        """
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if self._schema_version(connection) == 0:
+            version = self._schema_version(connection)
+            if version == 0:
                 connection.execute(_CREATE)
                 connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _UPGRADES[step]:
+                        connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -652,7 +710,7 @@ class Handler(AtomicCache):
 
     @override
     def _read(self, pk: str, sk: str) -> Stored:
-        """Atomic: one SELECT by primary key, a read of the latest committed state."""
+        """Atomic: one SELECT by primary key, of the latest committed state."""
         try:
             cursor: sqlite3.Cursor = self._local.cursor
         except AttributeError:
@@ -660,7 +718,7 @@ class Handler(AtomicCache):
             if opened is None:
                 return ABSENT
             cursor = opened.cursor
-        row = cursor.execute(_SELECT, (pk, sk)).fetchone()
+        row = cursor.execute(_SELECT, (pk, sk, self._clock())).fetchone()
         if row is None:
             return ABSENT
         stored: bytes = row[0]
@@ -673,29 +731,46 @@ class Handler(AtomicCache):
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
         """Atomic: one statement with its condition, under SQLite's write lock.
 
-        Plain: an upsert. ``ABSENT``: ``INSERT ... ON CONFLICT DO NOTHING``. A value:
-        ``UPDATE ... WHERE value = ?``. Success is one changed row, once the file is known
-        to be the one at the path.
+        Plain: an upsert. ``ABSENT``: an insert that, on conflict, replaces only an
+        expired row. A value: ``UPDATE ... WHERE value = ?`` of an unexpired row. The
+        entry does not expire. Success is one changed row, once the file is known to be
+        the one at the path.
         """
+        return self._store(pk, sk, value, expected, None)
+
+    @override
+    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+        """Atomic: as :meth:`_write`, with ``expires_at`` set in the same statement."""
+        return self._store(pk, sk, value, expected, ttl)
+
+    def _store(self, pk: str, sk: str, value: str, expected: Expected, ttl: float | None) -> bool:
         try:
             opened: _Connection = self._local.connection
         except AttributeError:
             opened = self._writable()
+        cursor = opened.cursor
         if expected is ANY:
-            opened.cursor.execute(_UPSERT, (pk, sk, value))
+            expires = None if ttl is None else self._clock() + ttl
+            cursor.execute(_UPSERT, (pk, sk, value, expires))
             written = True
-        elif expected is ABSENT:
-            written = opened.cursor.execute(_INSERT_IF_ABSENT, (pk, sk, value)).rowcount == 1
         else:
-            written = (
-                opened.cursor.execute(_UPDATE_IF_EQUAL, (value, pk, sk, expected)).rowcount == 1
-            )
+            now = self._clock()
+            expires = None if ttl is None else now + ttl
+            if expected is ABSENT:
+                changed = cursor.execute(_INSERT_IF_ABSENT, (pk, sk, value, expires, now))
+            else:
+                changed = cursor.execute(_UPDATE_IF_EQUAL, (value, expires, pk, sk, expected, now))
+            written = changed.rowcount == 1
         self._verify(opened, "set", pk, sk)
         return written
 
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
-        """Atomic: one DELETE, with ``WHERE value = ?`` when a value is expected."""
+        """Atomic: one DELETE, with ``WHERE value = ?`` when a value is expected.
+
+        A conditional DELETE matches only an unexpired row; an unconditional one removes
+        an expired row too, which is absent either way.
+        """
         try:
             opened: _Connection = self._local.connection
         except AttributeError:
@@ -707,9 +782,68 @@ class Handler(AtomicCache):
             opened.cursor.execute(_DELETE, (pk, sk))
             removed = True
         else:
-            removed = opened.cursor.execute(_DELETE_IF_EQUAL, (pk, sk, expected)).rowcount == 1
+            removed = (
+                opened.cursor.execute(_DELETE_IF_EQUAL, (pk, sk, expected, self._clock())).rowcount
+                == 1
+            )
         self._verify(opened, "delete", pk, sk)
         return removed
+
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: one SELECT of ``expires_at`` by primary key."""
+        opened = self._connection(create=False)
+        if opened is None:
+            return ABSENT
+        row = opened.cursor.execute(_SELECT_EXPIRY, (pk, sk, self._clock())).fetchone()
+        if row is None:
+            return ABSENT
+        expires: float | None = row[0]
+        return expires
+
+    @override
+    def _sweep_expired(self, limit: int) -> int:
+        """Find up to ``limit`` expired rows, then delete them in one short transaction.
+
+        The search is a read (it holds no lock, however many live rows it passes); each
+        DELETE checks ``expires_at`` again, so a row written again meanwhile stays. The
+        search goes on from where the previous batch stopped, in primary-key order, so
+        a sweep reads the table once, and wraps around to the start when it reaches the
+        end.
+        """
+        opened = self._connection(create=False)
+        if opened is None:
+            return 0
+        now = self._clock()
+        after = self._sweep_after
+        if after is None:
+            found = opened.cursor.execute(_EXPIRED, (now, limit)).fetchall()
+        else:
+            found = opened.cursor.execute(_EXPIRED_AFTER, (*after, now, limit)).fetchall()
+            if len(found) < limit:
+                # The end of the table: look again from the start, up to where this began.
+                found += [
+                    key
+                    for key in opened.cursor.execute(_EXPIRED, (now, limit)).fetchall()
+                    if tuple(key) <= after
+                ][: limit - len(found)]
+        self._sweep_after = tuple(found[-1]) if len(found) == limit else None
+        if not found:
+            return 0
+        cursor = opened.cursor
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            removed = cursor.executemany(
+                _DELETE_IF_EXPIRED, [(pk, sk, now) for pk, sk in found]
+            ).rowcount
+            cursor.execute("COMMIT")
+        except BaseException:
+            if opened.connection.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+        pk, sk = found[0]
+        self._verify(opened, "sweep", pk, sk)
+        return int(removed)
 
     @override
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
@@ -733,7 +867,7 @@ class Handler(AtomicCache):
         if opened is None:
             return
         try:
-            for row in opened.connection.execute(query, parameters):
+            for row in opened.connection.execute(query, (self._clock(), *parameters)):
                 yield self._listed(*row)
         finally:
             opened.release()
