@@ -13,6 +13,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,15 @@ from typing import Any
 
 import boto3
 import pytest
-from moto_server import count_requests, dynamodb_error, make_handler
+from moto_server import (
+    Answer,
+    LoopbackEndpoint,
+    Request,
+    count_requests,
+    dynamodb_error,
+    dynamodb_error_answer,
+    make_handler,
+)
 
 import grove.caches
 from grove.caches import BaseCache, CacheEntry
@@ -449,3 +458,245 @@ def test_assume_role_refused_is_an_access_error(
     cache = make_handler(moto_endpoint, table, assume_role_arn=ROLE, max_attempts=1)
     with pytest.raises(AccessException, match="setup failed"):
         cache.setup()
+
+
+# -- an endpoint that is not DynamoDB ----------------------------------------------------
+
+
+NOT_DYNAMODB = {
+    "html": Answer(200, {"Content-Type": "text/html"}, b"<html><body>Welcome</body></html>"),
+    "empty": Answer(200, {}, b""),
+    "empty json": Answer(200, {"Content-Type": "application/x-amz-json-1.0"}, b"{}"),
+}
+
+
+@pytest.mark.parametrize("answer", NOT_DYNAMODB.values(), ids=NOT_DYNAMODB.keys())
+def test_setup_refuses_an_endpoint_that_is_not_dynamodb(answer: Answer) -> None:
+    with LoopbackEndpoint(lambda request: answer) as endpoint:
+        cache = make_handler(endpoint.url, "grove")
+        with pytest.raises(ConfigurationException) as caught:
+            cache.setup()
+    message = str(caught.value)
+    assert endpoint.url in message
+    assert "GROVE_CACHE_AWS_DYNAMODB_URL" in message
+
+
+@pytest.mark.parametrize("answer", NOT_DYNAMODB.values(), ids=NOT_DYNAMODB.keys())
+def test_calls_to_an_endpoint_that_is_not_dynamodb_fail(answer: Answer) -> None:
+    calls: list[Callable[[BaseCache], object]] = [
+        lambda cache: cache.get("pk", "sk"),
+        lambda cache: cache.set("pk", "sk", "secret value"),
+        lambda cache: cache.set("pk", "sk", "secret value", not_set=True),
+        lambda cache: cache.set("pk", "sk", "secret value", constraint="old secret"),
+        lambda cache: cache.delete("pk", "sk"),
+        lambda cache: cache.delete("pk", "sk", constraint="old secret"),
+        lambda cache: list(cache.entries()),
+        lambda cache: list(cache.entries("pk")),
+    ]
+    with LoopbackEndpoint(lambda request: answer) as endpoint:
+        cache = make_handler(endpoint.url, "grove")
+        for call in calls:
+            with pytest.raises(AccessException) as caught:
+                call(cache)
+            message = str(caught.value)
+            assert endpoint.url in message, message
+            assert "not DynamoDB" in message, message
+            assert "secret" not in message, message
+
+
+def test_setup_refuses_a_table_with_other_keys(moto_endpoint: str, table_name: str) -> None:
+    raw_client(moto_endpoint).create_table(
+        TableName=table_name,
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(ConfigurationException, match="string range key 'sk'"):
+        make_handler(moto_endpoint, table_name).setup()
+
+
+def test_setup_without_permission_to_describe_the_table(moto_endpoint: str, table: str) -> None:
+    # A least-privilege policy may grant item calls only: setup() then proves the table
+    # with one GetItem, whose answer is checked like any other.
+    def refuse_describe(request: Request) -> Answer | None:
+        if request.operation == "DescribeTable":
+            return dynamodb_error_answer(400, "AccessDeniedException", "not authorized")
+        return None
+
+    with LoopbackEndpoint(refuse_describe, upstream=moto_endpoint) as endpoint:
+        cache = make_handler(endpoint.url, table)
+        cache.setup()
+        assert endpoint.operations() == ["DescribeTable", "GetItem"]
+        cache.set("pk", "sk", "v")
+        assert make_handler(moto_endpoint, table).get("pk", "sk") == "v"
+
+
+# -- expired session tokens --------------------------------------------------------------
+
+
+def expire_first_attempt(code: str) -> Callable[[Request], Answer | None]:
+    """A script that refuses the first sending of each request body with ``code``."""
+    seen: set[bytes] = set()
+
+    def script(request: Request) -> Answer | None:
+        if request.body in seen:
+            return None
+        seen.add(request.body)
+        return dynamodb_error_answer(
+            400, code, "The security token included in the request is expired"
+        )
+
+    return script
+
+
+@pytest.mark.parametrize("code", ["ExpiredTokenException", "ExpiredToken"])
+def test_expired_token_renews_credentials_and_retries_once(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    moto_endpoint: str,
+    table: str,
+    code: str,
+) -> None:
+    with LoopbackEndpoint(expire_first_attempt(code), upstream=moto_endpoint) as endpoint:
+        cache = make_handler(endpoint.url, table)
+        cache.setup()
+        # The credentials were rotated meanwhile (a new shared file, a new web-identity
+        # token): renewing means reading the credential chain again.
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+        calls: list[tuple[str, Callable[[], object]]] = [
+            ("UpdateItem", lambda: cache.set("pk", "sk", "1", not_set=True)),
+            ("GetItem", lambda: cache.get("pk", "sk")),
+            ("UpdateItem", lambda: cache.set("pk", "sk", "2", constraint="1")),
+            ("DeleteItem", lambda: cache.delete("pk", "sk", constraint="2")),
+        ]
+        for operation, call in calls:
+            endpoint.requests.clear()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="grove.caches.aws_dynamodb"):
+                call()
+            assert endpoint.operations() == [operation, operation]
+            assert endpoint.requests[1].access_key == "rotated"
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1, warnings
+            assert code in warnings[0] and repr(table) in warnings[0]
+    with pytest.raises(NotFoundException):
+        make_handler(moto_endpoint, table).get("pk", "sk")
+
+
+def test_a_token_that_stays_expired_is_an_access_error(moto_endpoint: str, table: str) -> None:
+    def always_expired(request: Request) -> Answer:
+        return dynamodb_error_answer(400, "ExpiredTokenException", "expired")
+
+    with LoopbackEndpoint(always_expired) as endpoint:
+        cache = make_handler(endpoint.url, table)
+        with pytest.raises(AccessException, match="ExpiredTokenException"):
+            cache.set("pk", "sk", "v")
+        assert endpoint.operations() == ["UpdateItem", "UpdateItem"]
+
+
+def test_expired_assumed_role_credentials_are_assumed_again(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, table: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_endpoint)
+    script = expire_first_attempt("ExpiredTokenException")
+    with LoopbackEndpoint(script, upstream=moto_endpoint) as endpoint:
+        cache = make_handler(endpoint.url, table, assume_role_arn=ROLE)
+        cache.set("pk", "sk", "v")
+        first, second = endpoint.requests
+        assert first.access_key != second.access_key
+        assert "testing" not in (first.access_key, second.access_key)
+
+
+# -- settings that cannot work -----------------------------------------------------------
+
+
+def test_url_without_a_scheme_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROVE_CACHE_HANDLER", "aws_dynamodb")
+    monkeypatch.setenv("GROVE_CACHE_AWS_DYNAMODB_URL", "localhost:8000")
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_AWS_DYNAMODB_URL"):
+        grove.caches.load()
+
+
+@pytest.mark.parametrize("variable", ["GROVE_CACHE_AWS_DYNAMODB_TABLE_REGION", "AWS_REGION"])
+def test_a_region_that_does_not_exist_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # create(), not load(): nothing may be sent to an AWS endpoint from a test.
+    monkeypatch.delenv("GROVE_CACHE_AWS_DYNAMODB_URL", raising=False)
+    monkeypatch.delenv("GROVE_CACHE_AWS_DYNAMODB_TABLE_REGION", raising=False)
+    monkeypatch.setenv(variable, "mars-north-7")
+    with pytest.raises(ConfigurationException, match=variable):
+        grove.caches.create("aws_dynamodb")
+
+
+def test_any_region_names_a_local_endpoint(moto_endpoint: str, table: str) -> None:
+    cache = make_handler(moto_endpoint, table, table_region="local-1")
+    assert cache.config.region == "local-1"
+
+
+def test_no_credentials_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, moto_endpoint: str, table: str
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    credentials_file = tmp_path / "credentials"
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials_file))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cache = make_handler(moto_endpoint, table)
+    with pytest.raises(ConfigurationException) as caught:
+        cache.setup()
+    message = str(caught.value)
+    assert str(credentials_file) in message
+    assert "AWS_ACCESS_KEY_ID" in message
+    assert repr(table) in message
+
+
+# -- the deadline ------------------------------------------------------------------------
+
+
+def test_configuration_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GROVE_CACHE_AWS_DYNAMODB_DEADLINE", raising=False)
+    assert Configuration.from_environment().deadline == 15.0
+    monkeypatch.setenv("GROVE_CACHE_AWS_DYNAMODB_DEADLINE", "2.5")
+    assert Configuration.from_environment().deadline == 2.5
+    monkeypatch.setenv("GROVE_CACHE_AWS_DYNAMODB_DEADLINE", "0")
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_AWS_DYNAMODB_DEADLINE"):
+        Configuration.from_environment()
+
+
+def test_deadline_ends_the_retries_of_a_silent_server(silent_server: str) -> None:
+    cache = make_handler(silent_server, "grove", read_timeout=1, max_attempts=5, deadline=2)
+    sent = count_requests(cache)
+    started = time.monotonic()
+    with pytest.raises(AccessException) as caught:
+        cache.set("pk", "sk", "v")
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert "deadline of 2 s" in message and "UpdateItem" in message
+    assert "set of pk='pk' sk='sk'" in message
+    # Five attempts of one second each, and the pauses between them, would take 5-15 s.
+    assert 1 <= sent["UpdateItem"] < 5
+    assert elapsed < 10
+
+
+def test_throttling_within_the_deadline_is_retried(moto_endpoint: str, table: str) -> None:
+    throttled: list[str] = []
+
+    def throttle_twice(request: Request) -> Answer | None:
+        if request.operation == "UpdateItem" and len(throttled) < 2:
+            throttled.append(request.operation)
+            return dynamodb_error_answer(400, "ThrottlingException", "slow down")
+        return None
+
+    with LoopbackEndpoint(throttle_twice, upstream=moto_endpoint) as endpoint:
+        cache = make_handler(endpoint.url, table, deadline=5)
+        cache.set("pk", "sk", "v")
+        assert endpoint.operations() == ["UpdateItem"] * 3
+    assert make_handler(moto_endpoint, table).get("pk", "sk") == "v"

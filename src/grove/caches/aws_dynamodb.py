@@ -66,38 +66,58 @@ pool holds ``GROVE_CACHE_AWS_DYNAMODB_MAX_POOL_CONNECTIONS`` connections (defaul
 Grove's worker count), so threads never queue behind the pool. Throttling, 5xx answers
 and connection errors are retried with backoff in botocore's ``standard`` (or
 ``adaptive``) retry mode, then surface as :class:`~grove.exceptions.AccessException`
-naming the table and the operation; connect and read timeouts are explicit, so a server
-that is down fails the call instead of hanging it.
+naming the table and the operation. Each request has a deadline,
+``GROVE_CACHE_AWS_DYNAMODB_DEADLINE`` (15 s), over all its attempts and the pauses
+between them: no attempt starts after it, each attempt's read timeout is cut to the
+time left, and a retryable failure after it ends the request
+(:class:`DeadlineExceededError`). A small call is one request, so a server that is down
+fails the call within the deadline plus at most one connect timeout.
+
+Answers are checked (:meth:`Handler._check_answer`): a request id, what the operation
+returns, and, for item requests, which ask for it at no cost, the consumed capacity of
+this table. An endpoint that is not DynamoDB (an HTML page, an empty 200) is
+:class:`NotDynamoDBError`, never a silent success; :meth:`Handler.setup` proves the table
+with ``DescribeTable``.
 
 Credentials come from boto3's usual chain. With ``GROVE_CACHE_AWS_DYNAMODB_ASSUME_ROLE_ARN``
 they come from STS instead, as refreshable credentials that botocore renews before they
-expire, so long collections never die on ``ExpiredToken``. ``GROVE_CACHE_AWS_DYNAMODB_URL``
+expire. Should DynamoDB still answer ``ExpiredToken`` (``ExpiredTokenException``) —
+a rotated credentials file, a web-identity token replaced on disk, credentials revoked
+early — the client is built again from the chain (the role assumed again) and the
+request sent once more, with one warning in the log. ``GROVE_CACHE_AWS_DYNAMODB_URL``
 points every DynamoDB call at another endpoint (DynamoDB Local, moto, a VPC endpoint);
 STS honours boto3's own ``AWS_ENDPOINT_URL_STS``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
 import os
+import re
 import threading
 import time
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 from typing_extensions import override
 
 try:
     import boto3
+    import botocore
     import botocore.session
+    from botocore import xform_name
     from botocore.config import Config
     from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
-    from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+    from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound, WaiterError
+    from botocore.retries.standard import RetryContext, StandardRetryConditions
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides boto3
     raise ImportError(
         f"grove.caches.aws_dynamodb needs boto3 ({exc}): pip install 'grove-caches[aws]'"
@@ -125,7 +145,9 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "WRITE_DEADLINE",
     "Configuration",
+    "DeadlineExceededError",
     "Handler",
+    "NotDynamoDBError",
     "create_table",
 ]
 
@@ -171,7 +193,137 @@ _PRESENT = "(attribute_exists(#data) OR attribute_exists(#digest))"
 _ABSENT = "attribute_not_exists(#data) AND attribute_not_exists(#digest)"
 _NOT_LARGE = "attribute_not_exists(#digest)"
 
+_EXPIRED_TOKEN = frozenset({"ExpiredTokenException", "ExpiredToken"})
+_OPERATIONS = (
+    "GetItem",
+    "UpdateItem",
+    "DeleteItem",
+    "BatchGetItem",
+    "BatchWriteItem",
+    "Query",
+    "Scan",
+    "DescribeTable",
+    "CreateTable",
+)
+_METHODS = {operation: xform_name(operation) for operation in _OPERATIONS}
+_ANSWER_KEYS = {
+    "GetItem": "ConsumedCapacity",
+    "UpdateItem": "ConsumedCapacity",
+    "DeleteItem": "ConsumedCapacity",
+    "BatchGetItem": "Responses",
+    "BatchWriteItem": "UnprocessedItems",
+    "Query": "Count",
+    "Scan": "Count",
+    "DescribeTable": "Table",
+    "CreateTable": "TableDescription",
+}
+"""What every answer of each operation holds; item requests ask for their consumed
+capacity, so that even an empty success (a write, a miss) says that DynamoDB saw it."""
+_REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's rule
+
 _logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _dynamodb_regions() -> frozenset[str]:
+    """Every region in which the installed botocore knows a DynamoDB endpoint."""
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("dynamodb", partition_name=partition)
+    )
+
+
+class NotDynamoDBError(BotoCoreError):
+    """An endpoint answered a request, but not as DynamoDB answers."""
+
+    fmt = "{operation} answer from {endpoint} is not DynamoDB's: {why}"
+
+
+class DeadlineExceededError(BotoCoreError):
+    """A request was still unanswered when its deadline passed."""
+
+    fmt = (
+        "{operation} gave up: the deadline of {deadline:g} s "
+        "(GROVE_CACHE_AWS_DYNAMODB_DEADLINE) passed after {attempts} attempt(s){last}"
+    )
+
+
+class _Deadline:
+    """Bounds every request of a client, all its attempts and pauses included.
+
+    Installed on botocore's events: the deadline starts when a request is made
+    (``before-call``); no attempt starts after it, and each attempt's read timeout is
+    cut to the time left (``before-send``); a retryable failure after it ends the
+    request at once instead of pausing before another attempt (``needs-retry``). The
+    request then raises :class:`DeadlineExceededError`, naming the last failure.
+    """
+
+    _DEADLINE = "grove_deadline"
+    _ATTEMPTS = "grove_attempts"
+    _LAST = "grove_last_failure"
+
+    def __init__(self, seconds: float, read_timeout: float, max_attempts: int) -> None:
+        self.seconds = seconds
+        self.read_timeout = read_timeout
+        self.retryable = StandardRetryConditions(max_attempts=max_attempts)
+
+    def install(self, client: DynamoDBClient) -> None:
+        events = client.meta.events
+        events.register("before-call.dynamodb", self.start)
+        events.register("before-send.dynamodb", self.before_attempt)
+        events.register_first("needs-retry.dynamodb", self.after_attempt)
+
+    def start(self, context: dict[str, Any], **_: Any) -> None:
+        context[self._DEADLINE] = time.monotonic() + self.seconds
+        context[self._ATTEMPTS] = 0
+
+    def before_attempt(self, request: Any, event_name: str, **_: Any) -> None:
+        context = request.context
+        left = context.get(self._DEADLINE, math.inf) - time.monotonic()
+        if left <= 0:
+            raise self._exceeded(event_name.rsplit(".", 1)[-1], context)
+        context[self._ATTEMPTS] = context.get(self._ATTEMPTS, 0) + 1
+        # botocore reads a per-request read timeout from the context (newer releases).
+        context["read_timeout"] = min(self.read_timeout, left)
+
+    def after_attempt(
+        self,
+        response: tuple[Any, dict[str, Any]] | None,
+        attempts: int,
+        caught_exception: Exception | None,
+        request_dict: dict[str, Any],
+        operation: Any,
+        **_: Any,
+    ) -> None:
+        context = request_dict["context"]
+        http_response, parsed = response if response is not None else (None, None)
+        if caught_exception is not None:
+            context[self._LAST] = f"{type(caught_exception).__name__}: {caught_exception}"
+        elif parsed is not None and "Error" in parsed:
+            context[self._LAST] = str(parsed["Error"].get("Code") or "an error")
+        if time.monotonic() < context.get(self._DEADLINE, math.inf):
+            return
+        attempt = RetryContext(
+            attempt_number=attempts,
+            operation_model=operation,
+            parsed_response=parsed,
+            http_response=http_response,
+            caught_exception=caught_exception,
+            request_context=context,
+        )
+        if self.retryable.is_retryable(attempt):
+            raise self._exceeded(operation.name, context)
+
+    def _exceeded(self, operation: str, context: dict[str, Any]) -> DeadlineExceededError:
+        last = context.get(self._LAST)
+        return DeadlineExceededError(
+            operation=operation,
+            deadline=self.seconds,
+            attempts=context.get(self._ATTEMPTS, 0),
+            last=f"; the last failed with {last}" if last else "",
+        )
 
 
 class _Chunked(NamedTuple):
@@ -237,16 +389,49 @@ class Configuration(HandlerConfiguration):
     max_pool_connections: int = Field(
         default=50, ge=1, description="HTTP connections kept for the threads sharing a handler."
     )
+    deadline: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds one request may take, all its attempts and the pauses between "
+        "them included; a small get, set or delete is one request.",
+    )
 
-    @field_validator("table_region")
+    @field_validator("url")
     @classmethod
-    def _region_from_environment(cls, value: str | None) -> str:
-        return value or os.environ.get("AWS_REGION") or _DEFAULT_REGION
+    def _url_with_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, such as http://localhost:8000"
+            )
+        return value
 
-    @field_validator("url", "assume_role_arn")
+    @field_validator("assume_role_arn")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("table_region")
+    @classmethod
+    def _region_from_environment(cls, value: str | None, info: ValidationInfo) -> str:
+        region = value or os.environ.get("AWS_REGION") or _DEFAULT_REGION
+        source = "" if value else " (from AWS_REGION)"
+        if not _REGION_NAME.fullmatch(region):
+            raise ValueError(f"{region!r}{source} is not a region name")
+        # Any name will do for a local endpoint (DynamoDB Local, moto): it only signs.
+        local = (
+            info.data.get("url")
+            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        if not local and region not in _dynamodb_regions():
+            raise ValueError(
+                f"{region!r}{source} is not a region where botocore {botocore.__version__} "
+                "knows DynamoDB (a region newer than botocore needs an upgrade)"
+            )
+        return region
 
     @property
     def region(self) -> str:
@@ -283,12 +468,15 @@ class Handler(AtomicCache):
         """Prepare the handler; no request is made until the first call or :meth:`setup`.
 
         :param config: The settings; read from the environment when ``None``.
-        :param client: A DynamoDB client to use instead of building one from ``config``.
+        :param client: A DynamoDB client to use instead of building one from ``config``;
+            its own timeouts and retries apply (not ``deadline``), and its credentials are
+            not renewed on ``ExpiredToken``.
         :raises ConfigurationException: A setting in the environment is invalid.
         """
         self.config = config if config is not None else Configuration.from_environment()
         self._table = self.config.table
         self._client: DynamoDBClient | None = client
+        self._renewable = client is None
         self._client_lock = threading.Lock()
 
     @override
@@ -298,7 +486,10 @@ class Handler(AtomicCache):
 
     @property
     def client(self) -> DynamoDBClient:
-        """The DynamoDB client, built on first use and shared by all threads."""
+        """The DynamoDB client, built on first use and shared by all threads.
+
+        :raises ConfigurationException: No credentials were found.
+        """
         client = self._client
         if client is None:
             with self._client_lock:
@@ -308,30 +499,60 @@ class Handler(AtomicCache):
         return client
 
     def _connect(self) -> DynamoDBClient:
+        """Build a client from the credential chain (or the assumed role) and the settings.
+
+        :raises ConfigurationException: No credentials were found, or the profile is missing.
+        """
         config = self.config
         botocore_config = Config(
             region_name=config.region,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
+            connect_timeout=min(config.connect_timeout, config.deadline),
+            read_timeout=min(config.read_timeout, config.deadline),
             retries={"mode": config.retry_mode, "total_max_attempts": config.max_attempts},
             max_pool_connections=config.max_pool_connections,
         )
         session = botocore.session.Session()
+        try:
+            found = session.get_credentials()
+        except ProfileNotFound as exc:
+            raise ConfigurationException(
+                f"no AWS credentials for {self.location()}: {exc} (AWS_PROFILE)"
+            ) from exc
+        if found is None:
+            raise ConfigurationException(self._no_credentials_message(session))
         if config.assume_role_arn:
-            credentials = self._assume_role(config.assume_role_arn, botocore_config)
+            sts: STSClient = boto3.session.Session(botocore_session=session).client(
+                "sts", config=botocore_config
+            )
+            session = botocore.session.Session()
+            credentials = self._assume_role(sts, config.assume_role_arn)
             session.register_component("credential_provider", CredentialResolver([credentials]))
-        return boto3.session.Session(botocore_session=session).client(
+        client: DynamoDBClient = boto3.session.Session(botocore_session=session).client(
             "dynamodb", endpoint_url=config.url, config=botocore_config
         )
+        _Deadline(config.deadline, config.read_timeout, config.max_attempts).install(client)
+        return client
 
-    def _assume_role(self, role_arn: str, botocore_config: Config) -> _AssumedRole:
+    def _no_credentials_message(self, session: botocore.session.Session) -> str:
+        resolver = session.get_component("credential_provider")
+        methods = ", ".join(provider.METHOD for provider in resolver.providers)
+        credentials_file = os.path.expanduser(str(session.get_config_variable("credentials_file")))
+        config_file = os.path.expanduser(str(session.get_config_variable("config_file")))
+        return (
+            f"no AWS credentials for {self.location()}: boto3 looked in the environment "
+            f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), in {credentials_file} "
+            f"(AWS_SHARED_CREDENTIALS_FILE) and {config_file} (AWS_CONFIG_FILE) for the "
+            f"profile {session.profile or 'default'!r} (AWS_PROFILE), and tried, in order: "
+            f"{methods}"
+        )
+
+    def _assume_role(self, sts: STSClient, role_arn: str) -> _AssumedRole:
         """Build credentials that STS renews before they expire.
 
         With less than 15 minutes left, the next call renews them (one thread renews
         while the others go on with the old ones); only in the last 10 minutes do calls
         wait for the renewal.
         """
-        sts: STSClient = boto3.session.Session().client("sts", config=botocore_config)
         duration = self.config.assume_role_duration
 
         def fetch() -> dict[str, Any]:
@@ -352,19 +573,128 @@ class Handler(AtomicCache):
             )
         )
 
-    @override
-    def setup(self) -> None:
-        """Build the client and check, with one ``GetItem``, that the table can be read.
+    def _renew(self, stale: DynamoDBClient, code: str) -> DynamoDBClient:
+        """Replace a client whose credentials expired by one built afresh; return it.
+
+        The first thread to find the stale client rebuilds it and logs one warning; the
+        others use the new one.
+        """
+        with self._client_lock:
+            if self._client is stale:
+                _logger.warning(
+                    "%s answered %s: renewing the credentials from the credential chain%s "
+                    "and retrying once",
+                    self.location(),
+                    code,
+                    " and the assumed role" if self.config.assume_role_arn else "",
+                )
+                self._client = self._connect()
+            assert self._client is not None
+            return self._client
+
+    def _request(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its answer, checked to be DynamoDB's.
+
+        An answer of ``ExpiredToken`` renews the credentials and sends the request once
+        more.
 
         :raises ConfigurationException: The table does not exist.
+        :raises ClientError: DynamoDB refused the request (a failed condition included).
+        :raises NotDynamoDBError: The answer was not DynamoDB's.
+        :raises BotoCoreError: The request failed otherwise (network, deadline).
+        """
+        client = self._client or self.client
+        method = _METHODS[operation]
+        try:
+            answer: dict[str, Any] = getattr(client, method)(**request)
+        except ClientError as exc:
+            code = self._check_error(exc)
+            if code not in _EXPIRED_TOKEN or not self._renewable:
+                raise
+            client = self._renew(client, code)
+            try:
+                answer = getattr(client, method)(**request)
+            except ClientError as again:
+                self._check_error(again)
+                raise
+        self._check_answer(client, operation, request, answer)
+        return answer
+
+    def _check_answer(
+        self, client: DynamoDBClient, operation: str, request: dict[str, Any], answer: Any
+    ) -> None:
+        """Make sure that an answer is DynamoDB's: a request id, and what the operation returns.
+
+        :raises NotDynamoDBError: It is not: an HTML page, an empty body, a bare ``{}``.
+        """
+        metadata = answer.get("ResponseMetadata", {})
+        required = _ANSWER_KEYS[operation]
+        if not metadata.get("RequestId"):
+            content_type = metadata.get("HTTPHeaders", {}).get("content-type", "none")
+            why = f"no request id (content type {content_type!r})"
+        elif required not in answer:
+            why = f"no {required}"
+        elif required == "ConsumedCapacity" and (
+            answer[required].get("TableName") != request["TableName"]
+        ):
+            why = "the consumed capacity of another table"
+        else:
+            return
+        raise NotDynamoDBError(operation=operation, endpoint=client.meta.endpoint_url, why=why)
+
+    @override
+    def setup(self) -> None:
+        """Build the client and prove the table with one ``DescribeTable``.
+
+        The table must exist with a string hash key ``pk`` and a string range key ``sk``.
+        Where a policy grants item calls only (``AccessDeniedException``), one
+        ``GetItem`` proves instead that the table exists and takes those keys. Either
+        answer is checked to be DynamoDB's, so a URL pointing at another server fails here.
+
+        :raises ConfigurationException: The table does not exist or has other keys, the
+            endpoint is not DynamoDB, or there are no credentials.
         :raises AccessException: DynamoDB (or STS) could not be reached or refused access.
         """
         try:
-            self._read("grove.caches.setup", "probe")
+            try:
+                table = self._request("DescribeTable", {"TableName": self._table})["Table"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "AccessDeniedException":
+                    raise
+                self._read("grove.caches.setup", "probe")
+            else:
+                self._check_schema(table)
+        except NotDynamoDBError as exc:
+            variable = " (GROVE_CACHE_AWS_DYNAMODB_URL)" if self.config.url else ""
+            raise ConfigurationException(
+                f"setup of {self.location()} failed: the endpoint is not DynamoDB{variable}: {exc}"
+            ) from exc
         except self.driver_errors as exc:
             raise AccessException(
                 f"setup failed in {self.location()}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _check_schema(self, table: dict[str, Any]) -> None:
+        """Make sure a table has Grove's keys.
+
+        :param table: The table's description, as ``DescribeTable`` answers it.
+        :raises ConfigurationException: It has other keys.
+        """
+        keys = {key["AttributeName"]: key["KeyType"] for key in table.get("KeySchema", [])}
+        types = {
+            attribute["AttributeName"]: attribute["AttributeType"]
+            for attribute in table.get("AttributeDefinitions", [])
+        }
+        if (
+            keys != {"pk": "HASH", "sk": "RANGE"}
+            or types.get("pk") != "S"
+            or types.get("sk") != "S"
+        ):
+            raise ConfigurationException(
+                f"{self.location()} exists with keys {keys} of types {types}; Grove needs a "
+                "string hash key 'pk' and a string range key 'sk' "
+                "(GROVE_CACHE_AWS_DYNAMODB_TABLE names another table)"
+            )
 
     def _check_error(self, exc: ClientError) -> str:
         """Return the error code, after turning a missing table into a configuration error.
@@ -430,15 +760,14 @@ class Handler(AtomicCache):
         For a chunked value, the chunks that head names, read consistently; if one has
         vanished, the value was replaced meanwhile and the read starts again.
         """
-        client = self._client or self.client
-        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        request = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "ConsistentRead": True,
+            "ReturnConsumedCapacity": "TOTAL",
+        }
         for _ in range(_READ_ROUNDS):
-            try:
-                answer = client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
-            except ClientError as exc:
-                self._check_error(exc)
-                raise
-            item = answer.get("Item")
+            item = self._request("GetItem", request).get("Item")
             if item is None:
                 return ABSENT
             value = self._decode(item, pk, sk)
@@ -454,7 +783,6 @@ class Handler(AtomicCache):
 
     def _get_chunks(self, head: _Chunked) -> list[bytes] | None:
         """Read a version's chunks in order, or ``None`` when one of them is missing."""
-        client = self._client or self.client
         chunk_pk = _CHUNK_PREFIX + head.version
         keys = [{"pk": {"S": chunk_pk}, "sk": {"S": f"{i:04d}"}} for i in range(head.parts)]
         found: dict[str, bytes] = {}
@@ -468,11 +796,7 @@ class Handler(AtomicCache):
                 }
             }
             for round_ in range(_BATCH_ROUNDS):
-                try:
-                    answer = client.batch_get_item(RequestItems=pending)
-                except ClientError as exc:
-                    self._check_error(exc)
-                    raise
+                answer = self._request("BatchGetItem", {"RequestItems": pending})
                 for item in answer.get("Responses", {}).get(self._table, []):
                     found[str(item["sk"]["S"])] = bytes(item["part"]["B"])
                 pending = dict(answer.get("UnprocessedKeys") or {})
@@ -493,15 +817,10 @@ class Handler(AtomicCache):
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
         """Apply put or delete requests, 25 at a time, until none is left unprocessed."""
-        client = self._client or self.client
         for start in range(0, len(requests), _BATCH_WRITE_ITEMS):
             pending: dict[str, Any] = {self._table: requests[start : start + _BATCH_WRITE_ITEMS]}
             for round_ in range(_BATCH_ROUNDS):
-                try:
-                    answer = client.batch_write_item(RequestItems=pending)
-                except ClientError as exc:
-                    self._check_error(exc)
-                    raise
+                answer = self._request("BatchWriteItem", {"RequestItems": pending})
                 pending = dict(answer.get("UnprocessedItems") or {})
                 if not pending:
                     break
@@ -566,19 +885,19 @@ class Handler(AtomicCache):
         return_old: bool,
     ) -> Any:
         """One ``UpdateItem``; ``None`` when its condition failed."""
-        client = self._client or self.client
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
             "UpdateExpression": update,
             "ExpressionAttributeValues": values,
+            "ReturnConsumedCapacity": "TOTAL",
         }
         if condition is not None:
             request["ConditionExpression"] = condition
             request["ExpressionAttributeNames"] = _names(update, condition)
         else:
             request["ExpressionAttributeNames"] = _names(update)
-        return self._conditional(client.update_item, request, return_old)
+        return self._conditional("UpdateItem", request, return_old)
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
@@ -711,26 +1030,26 @@ class Handler(AtomicCache):
         return_old: bool,
     ) -> Any:
         """One ``DeleteItem``; ``None`` when its condition failed."""
-        client = self._client or self.client
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "ReturnConsumedCapacity": "TOTAL",
         }
         if condition is not None:
             request["ConditionExpression"] = condition
             request["ExpressionAttributeNames"] = _names(condition)
             if values:
                 request["ExpressionAttributeValues"] = values
-        return self._conditional(client.delete_item, request, return_old)
+        return self._conditional("DeleteItem", request, return_old)
 
-    def _conditional(self, send: Any, request: dict[str, Any], return_old: bool) -> Any:
+    def _conditional(self, operation: str, request: dict[str, Any], return_old: bool) -> Any:
         """Send one conditional request; ``None`` when its condition failed."""
         if return_old:
             request["ReturnValues"] = "ALL_OLD"
         try:
-            return send(**request)
+            return self._request(operation, request)
         except ClientError as exc:
-            if self._check_error(exc) == "ConditionalCheckFailedException":
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return None
             raise
 
@@ -742,7 +1061,6 @@ class Handler(AtomicCache):
         A chunked value is read again whole (see :meth:`_read`); chunk items are not
         entries.
         """
-        client = self.client
         request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
         if pk is not None:
             request["KeyConditionExpression"] = "#pk = :pk"
@@ -757,11 +1075,7 @@ class Handler(AtomicCache):
         if pk is not None or prefix:
             request["ExpressionAttributeNames"]["#pk"] = "pk"
         while True:
-            try:
-                page = client.query(**request) if pk is not None else client.scan(**request)
-            except ClientError as exc:
-                self._check_error(exc)
-                raise
+            page = self._request("Query" if pk is not None else "Scan", request)
             for item in page.get("Items", []):
                 item_pk, item_sk = str(item["pk"]["S"]), str(item["sk"]["S"])
                 value = self._decode(item, item_pk, item_sk)
@@ -789,7 +1103,6 @@ class Handler(AtomicCache):
         :raises AccessException: DynamoDB failed.
         :return: How many chunk items were deleted.
         """
-        client = self.client
         cutoff = time.time() - older_than
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -809,11 +1122,7 @@ class Handler(AtomicCache):
         versions: dict[str, tuple[str, str, float, list[str]]] = {}
         try:
             while True:
-                try:
-                    page = client.scan(**request)
-                except ClientError as exc:
-                    self._check_error(exc)
-                    raise
+                page = self._request("Scan", request)
                 for item in page.get("Items", []):
                     version = str(item["pk"]["S"])[len(_CHUNK_PREFIX) :]
                     owner_pk, owner_sk = str(item["of_pk"]["S"]), str(item["of_sk"]["S"])
@@ -832,12 +1141,16 @@ class Handler(AtomicCache):
             for version, (owner_pk, owner_sk, newest, sks) in versions.items():
                 if newest > cutoff:
                     continue
-                head = client.get_item(
-                    TableName=self._table,
-                    Key={"pk": {"S": owner_pk}, "sk": {"S": owner_sk}},
-                    ConsistentRead=True,
-                    ProjectionExpression="#version",
-                    ExpressionAttributeNames={"#version": "version"},
+                head = self._request(
+                    "GetItem",
+                    {
+                        "TableName": self._table,
+                        "Key": {"pk": {"S": owner_pk}, "sk": {"S": owner_sk}},
+                        "ConsistentRead": True,
+                        "ProjectionExpression": "#version",
+                        "ExpressionAttributeNames": {"#version": "version"},
+                        "ReturnConsumedCapacity": "TOTAL",
+                    },
                 ).get("Item", {})
                 if head.get("version", {}).get("S") == version:
                     continue
@@ -864,20 +1177,22 @@ class Handler(AtomicCache):
             active in time.
         :return: ``True`` when the table was created, ``False`` when it existed.
         """
-        client = self.client
         try:
             try:
-                client.create_table(
-                    TableName=self._table,
-                    AttributeDefinitions=[
-                        {"AttributeName": "pk", "AttributeType": "S"},
-                        {"AttributeName": "sk", "AttributeType": "S"},
-                    ],
-                    KeySchema=[
-                        {"AttributeName": "pk", "KeyType": "HASH"},
-                        {"AttributeName": "sk", "KeyType": "RANGE"},
-                    ],
-                    BillingMode="PAY_PER_REQUEST",
+                self._request(
+                    "CreateTable",
+                    {
+                        "TableName": self._table,
+                        "AttributeDefinitions": [
+                            {"AttributeName": "pk", "AttributeType": "S"},
+                            {"AttributeName": "sk", "AttributeType": "S"},
+                        ],
+                        "KeySchema": [
+                            {"AttributeName": "pk", "KeyType": "HASH"},
+                            {"AttributeName": "sk", "KeyType": "RANGE"},
+                        ],
+                        "BillingMode": "PAY_PER_REQUEST",
+                    },
                 )
                 created = True
             except ClientError as exc:
@@ -885,30 +1200,16 @@ class Handler(AtomicCache):
                     raise
                 created = False
             delay = 2
-            client.get_waiter("table_exists").wait(
+            self.client.get_waiter("table_exists").wait(
                 TableName=self._table,
                 WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout // delay))},
             )
-            table = client.describe_table(TableName=self._table)["Table"]
+            table = self._request("DescribeTable", {"TableName": self._table})["Table"]
         except (ClientError, BotoCoreError, WaiterError) as exc:
             raise AccessException(
                 f"creating the table failed in {self.location()}: {type(exc).__name__}: {exc}"
             ) from exc
-        keys = {key["AttributeName"]: key["KeyType"] for key in table.get("KeySchema", [])}
-        types = {
-            attribute["AttributeName"]: attribute["AttributeType"]
-            for attribute in table.get("AttributeDefinitions", [])
-        }
-        if (
-            keys != {"pk": "HASH", "sk": "RANGE"}
-            or types.get("pk") != "S"
-            or types.get("sk") != "S"
-        ):
-            raise ConfigurationException(
-                f"{self.location()} exists with keys {keys} of types {types}; Grove needs a "
-                "string hash key 'pk' and a string range key 'sk' "
-                "(GROVE_CACHE_AWS_DYNAMODB_TABLE names another table)"
-            )
+        self._check_schema(table)
         return created
 
     @override
