@@ -27,6 +27,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
 
 from benchmarks.moto_server import UNSET, MotoServer, fake_credentials
+from grove.caches.atomic import Clock
 from grove.caches.aws_dynamodb import Configuration, Handler
 
 
@@ -52,9 +53,9 @@ def table_name() -> str:
     return f"grove-{uuid.uuid4().hex[:12]}"
 
 
-def make_handler(url: str, table: str, **settings: Any) -> Handler:
+def make_handler(url: str, table: str, clock: Clock | None = None, **settings: Any) -> Handler:
     """Build a handler on the moto server; picklable through functools.partial."""
-    return Handler(Configuration(url=url, table=table, **settings))
+    return Handler(Configuration(url=url, table=table, **settings), clock=clock)
 
 
 def count_requests(handler: Handler) -> Counter[str]:

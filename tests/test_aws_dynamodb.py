@@ -33,8 +33,14 @@ from moto_server import (
 
 import grove.caches
 from grove.caches import BaseCache, CacheEntry
-from grove.caches.aws_dynamodb import Configuration, Handler
-from grove.caches.testing import ListingConformance, SharedCacheConformance
+from grove.caches.aws_dynamodb import Configuration, Handler, _Refused
+from grove.caches.testing import (
+    ExpiryConformance,
+    ListingConformance,
+    ManualClock,
+    SharedCacheConformance,
+    SharedExpiryConformance,
+)
 from grove.exceptions import (
     AccessException,
     ConfigurationException,
@@ -69,7 +75,9 @@ def handler(moto_endpoint: str, table: str) -> Handler:
     return cache
 
 
-class TestDynamoDBConformance(SharedCacheConformance, ListingConformance):
+class TestDynamoDBConformance(
+    SharedCacheConformance, ListingConformance, ExpiryConformance, SharedExpiryConformance
+):
     # Every request crosses HTTP to a server that answers one at a time, so the thread
     # tests make fewer increments than the defaults; the process counts are the issue's.
     thread_workers = 8
@@ -80,8 +88,8 @@ class TestDynamoDBConformance(SharedCacheConformance, ListingConformance):
     process_racers = 8
 
     @pytest.fixture
-    def cache(self, moto_endpoint: str, conformance_table: str) -> BaseCache:
-        cache = make_handler(moto_endpoint, conformance_table)
+    def cache(self, moto_endpoint: str, conformance_table: str, clock: ManualClock) -> BaseCache:
+        cache = make_handler(moto_endpoint, conformance_table, clock=clock)
         cache.setup()
         return cache
 
@@ -700,3 +708,145 @@ def test_throttling_within_the_deadline_is_retried(moto_endpoint: str, table: st
         cache.set("pk", "sk", "v")
         assert endpoint.operations() == ["UpdateItem"] * 3
     assert make_handler(moto_endpoint, table).get("pk", "sk") == "v"
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+
+def raw_item(url: str, table: str, pk: str, sk: str) -> dict[str, Any] | None:
+    key = {"pk": {"S": pk}, "sk": {"S": sk}}
+    item: dict[str, Any] | None = (
+        raw_client(url).get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+    )
+    return item
+
+
+def test_an_expiring_entry_carries_its_expiry_as_a_number(moto_endpoint: str, table: str) -> None:
+    clock = ManualClock(start=1_800_000_000.0)
+    cache = make_handler(moto_endpoint, table, clock=clock)
+    cache.set("lock", "all", "held", not_set=True, ttl=90.5)
+    key = {"pk": {"S": "lock"}, "sk": {"S": "all"}}
+    item = raw_item(moto_endpoint, table, "lock", "all")
+    assert item is not None and item.keys() == {"pk", "sk", "data", "expires_at"}
+    assert float(item["expires_at"]["N"]) == 1_800_000_090.5
+    # A plain set removes the expiry: the item is upstream Grove's shape again.
+    cache.set("lock", "all", "kept")
+    assert raw_item(moto_endpoint, table, "lock", "all") == {**key, "data": {"S": "kept"}}
+    renamed = make_handler(moto_endpoint, table, clock=clock, ttl_attribute="ttl")
+    renamed.set("lock", "all", "held", ttl=10)
+    item = raw_item(moto_endpoint, table, "lock", "all")
+    assert item is not None and item.keys() == {"pk", "sk", "data", "ttl"}
+    assert float(item["ttl"]["N"]) == 1_800_000_010
+
+
+def test_the_callers_clock_decides(moto_endpoint: str, table: str) -> None:
+    now = ManualClock()
+    ahead = ManualClock(start=now() + 120)
+    on_time = make_handler(moto_endpoint, table, clock=now)
+    early = make_handler(moto_endpoint, table, clock=ahead)
+    on_time.set("lock", "all", "ours", ttl=60)
+    # For the host whose clock runs two minutes ahead, the lock has expired: it reads
+    # nothing, and its not_set passes inside DynamoDB, where its own clock is :now.
+    with pytest.raises(NotFoundException):
+        early.get("lock", "all")
+    assert on_time.get("lock", "all") == "ours"
+    early.set("lock", "all", "theirs", not_set=True, ttl=60)
+    assert on_time.get("lock", "all") == "theirs"
+    with pytest.raises(DataFormatException):
+        on_time.set("lock", "all", "mine", not_set=True)
+
+
+def test_expiry_costs_no_extra_request(moto_endpoint: str, table: str) -> None:
+    clock = ManualClock()
+    cache = make_handler(moto_endpoint, table, clock=clock)
+    sent = count_requests(cache)
+
+    def exactly_one(operation: str, call: Callable[[], object]) -> None:
+        sent.clear()
+        with contextlib.suppress(NotFoundException, DataFormatException):
+            call()
+        assert sent == Counter({operation: 1}), call
+
+    exactly_one("UpdateItem", lambda: cache.set("pk", "sk", "1", not_set=True, ttl=10))
+    exactly_one("GetItem", lambda: cache.get("pk", "sk"))
+    exactly_one("UpdateItem", lambda: cache.set("pk", "sk", "2", constraint="1", ttl=10))
+    exactly_one("UpdateItem", lambda: cache.set("pk", "sk", "3", ttl=10))
+    clock.advance(20)
+    exactly_one("GetItem", lambda: cache.get("pk", "sk"))
+    exactly_one("UpdateItem", lambda: cache.set("pk", "sk", "4", constraint="3", ttl=10))
+    exactly_one("DeleteItem", lambda: cache.delete("pk", "sk", constraint="3"))
+    exactly_one("UpdateItem", lambda: cache.set("pk", "sk", "5", not_set=True, ttl=10))
+    clock.advance(20)
+    exactly_one("DeleteItem", lambda: cache.delete("pk", "sk"))
+
+
+def test_create_table_turns_dynamodbs_ttl_on(moto_endpoint: str, table_name: str) -> None:
+    cache = make_handler(moto_endpoint, table_name)
+    assert cache.create_table() is True
+    raw = raw_client(moto_endpoint)
+    described = raw.describe_time_to_live(TableName=table_name)["TimeToLiveDescription"]
+    assert described == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    assert cache.create_table() is False
+    assert cache.create_storage().endswith("expiry in 'expires_at'")
+    with pytest.raises(ConfigurationException, match="GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE"):
+        make_handler(moto_endpoint, table_name, ttl_attribute="ttl").create_table()
+
+
+def test_ttl_attribute_cannot_be_one_the_handler_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("data", "digest", "pk", "part"):
+        monkeypatch.setenv("GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE", name)
+        with pytest.raises(ConfigurationException, match="GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE"):
+            Configuration.from_environment()
+
+
+def test_an_expiry_attribute_of_another_type_is_reported(
+    handler: Handler, moto_endpoint: str
+) -> None:
+    raw_client(moto_endpoint).put_item(
+        TableName=handler.config.table,
+        Item={"pk": {"S": "p"}, "sk": {"S": "s"}, "data": {"S": "v"}, "expires_at": {"S": "x"}},
+    )
+    with pytest.raises(AccessException, match="GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE"):
+        handler.get("p", "s")
+
+
+def test_sweep_walks_the_table_once_in_bounded_batches(moto_endpoint: str, table: str) -> None:
+    clock = ManualClock()
+    cache = make_handler(moto_endpoint, table, clock=clock)
+    for index in range(30):
+        cache.set(f"pk{index % 4}", f"gone{index}", "v", ttl=10)
+        cache.set(f"pk{index % 4}", f"kept{index}", "w", ttl=1000)
+    cache.set("pk0", "plain", "x")
+    clock.advance(20)
+    sent = count_requests(cache)
+    batches: list[int] = []
+    assert cache.sweep_expired(batch_size=7, progress=batches.append) == 30
+    assert batches == [7, 7, 7, 7, 2]
+    assert sent["DeleteItem"] == 30
+    assert sent["Scan"] == 5
+    assert len(list(cache.entries())) == 31
+    assert cache.sweep_expired(batch_size=7) == 0
+
+
+def test_a_refused_condition_brings_back_the_stored_item(handler: Handler) -> None:
+    seen: list[dict[str, Any]] = []
+    handler.client.meta.events.register(
+        "provide-client-params.dynamodb", lambda params, **_: seen.append(dict(params))
+    )
+    handler.set("pk", "sk", "v")
+    handler.set("pk", "sk", "w", constraint="v")
+    with pytest.raises(DataFormatException):
+        handler.delete("pk", "sk", constraint="v")
+    with pytest.raises(DataFormatException):
+        handler.set("pk", "sk", "x", not_set=True)
+    asked = [params.get("ReturnValuesOnConditionCheckFailure") for params in seen]
+    assert asked == [None, "ALL_OLD", "ALL_OLD", "ALL_OLD"]
+    # Kept inside the handler for now: the refusal carries the item as it was.
+    refused = handler._delete(
+        {"pk": {"S": "pk"}, "sk": {"S": "sk"}},
+        "#data = :expected",
+        {":expected": {"S": "v"}},
+        False,
+        True,
+    )
+    assert refused == _Refused({"pk": {"S": "pk"}, "sk": {"S": "sk"}, "data": {"S": "w"}})

@@ -15,8 +15,9 @@ condition included.
 - ``get`` is one ``GetItem`` with ``ConsistentRead=True``: a lock or a pointer is never
   read stale.
 - ``set`` is one ``UpdateItem`` carrying its condition: ``not_set`` is
-  ``attribute_not_exists(data) AND attribute_not_exists(digest)``, ``constraint`` is
-  ``data = :constraint``.
+  ``(attribute_not_exists(data) AND attribute_not_exists(digest)) OR expires_at <= :now``,
+  ``constraint`` is ``data = :constraint AND (attribute_not_exists(expires_at) OR
+  expires_at > :now)``.
 - ``delete`` is one ``DeleteItem``, with the same ``constraint`` condition.
 
 A failed condition (``ConditionalCheckFailedException``) changes nothing and becomes
@@ -56,6 +57,30 @@ A 4 MiB value of incompressible text is 9 parts; 4 MiB of Grove's hex digests, 6
 
 Listing is a ``Query`` for one partition key and a paginated ``Scan`` otherwise, both
 with consistent reads; chunk items are never listed, chunked values are listed whole.
+
+Expiry: ``set(..., ttl=...)`` stores, in the same request, the number attribute
+``GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE`` (default ``expires_at``): the moment the
+entry expires, in seconds since the epoch to the millisecond. A ``set`` without ``ttl``
+removes it in the same request; plain entries keep upstream Grove's shape. The caller's
+clock decides (:attr:`Handler.clock_owner`; ``time.time`` unless a clock is given): a
+read compares the attribute with it, and every condition carries it as ``:now``, so an
+expired entry is absent inside the same single request (``not_set`` passes over it, no
+``constraint`` matches it, listing filters it out). DynamoDB's own TTL, which
+:meth:`Handler.create_table` turns on for the attribute, deletes expired items only
+within days and decides nothing; :meth:`Handler.sweep_expired` removes them sooner, in
+bounded batches (filtered ``Scan`` pages, one conditional ``DeleteItem`` each). A
+chunked value expires as a whole: its head carries the expiry, and its chunks are
+deleted with it (by the sweep, by the write that replaces it, or, once DynamoDB's TTL
+removed the head, by :meth:`Handler.collect_garbage`); they carry the expiry too, one
+day later, so DynamoDB removes them even if nobody sweeps.
+
+Clock skew: hosts whose clocks differ by ``d`` seconds disagree about an entry for
+``d`` seconds around its expiry. A host whose clock runs ahead sees it expire up to
+``d`` seconds early, and may take a lock over it while the holder's clock still says it
+is held; a host whose clock lags keeps seeing it up to ``d`` seconds longer. Keep hosts
+on NTP (skew of milliseconds) and times to live far above the skew. DynamoDB's TTL
+deletes an item only after AWS's clock passed its expiry, usually much later; a host
+lagging AWS's clock can see such an entry vanish up to ``d`` seconds early.
 
 Durability is DynamoDB's: a write is acknowledged once it is stored in several
 availability zones.
@@ -127,9 +152,11 @@ from grove.caches import CacheEntry
 from grove.caches.atomic import (
     ABSENT,
     ANY,
-    AtomicCache,
+    Clock,
     Expected,
     ExpectedToRemove,
+    ExpiringCache,
+    Sentinel,
     Stored,
     describe_key,
 )
@@ -181,7 +208,7 @@ _BATCH_GET_ITEMS = 25  # 10 MB of chunks, under BatchGetItem's 16 MB answer
 _READ_ROUNDS = 10
 _BATCH_ROUNDS = 8
 
-_LARGE_ATTRIBUTES = "#packed, #digest, #version, #parts"
+_LARGE_ATTRIBUTES = ["#packed", "#digest", "#version", "#parts"]
 _NAMES = {
     "#data": "data",
     "#packed": "packed",
@@ -192,6 +219,13 @@ _NAMES = {
 _PRESENT = "(attribute_exists(#data) OR attribute_exists(#digest))"
 _ABSENT = "attribute_not_exists(#data) AND attribute_not_exists(#digest)"
 _NOT_LARGE = "attribute_not_exists(#digest)"
+_ALIVE = "(attribute_not_exists(#ttl) OR #ttl > :now)"
+_EXPIRED = "#ttl <= :now"
+_OWN_ATTRIBUTES = frozenset({"pk", "sk", *_NAMES.values(), "part", "of_pk", "of_sk", "at"})
+_CHUNK_EXPIRY_MARGIN = 86_400.0
+"""Chunks of an expiring value expire this much later than their head, so DynamoDB's
+own TTL never removes a chunk while a clock that lags by less than a day still reads
+its head."""
 
 _EXPIRED_TOKEN = frozenset({"ExpiredTokenException", "ExpiredToken"})
 _OPERATIONS = (
@@ -204,6 +238,8 @@ _OPERATIONS = (
     "Scan",
     "DescribeTable",
     "CreateTable",
+    "DescribeTimeToLive",
+    "UpdateTimeToLive",
 )
 _METHODS = {operation: xform_name(operation) for operation in _OPERATIONS}
 _ANSWER_KEYS = {
@@ -216,6 +252,8 @@ _ANSWER_KEYS = {
     "Scan": "Count",
     "DescribeTable": "Table",
     "CreateTable": "TableDescription",
+    "DescribeTimeToLive": "TimeToLiveDescription",
+    "UpdateTimeToLive": "TimeToLiveSpecification",
 }
 """What every answer of each operation holds; item requests ask for their consumed
 capacity, so that even an empty success (a write, a miss) says that DynamoDB saw it."""
@@ -334,10 +372,19 @@ class _Chunked(NamedTuple):
     digest: str
 
 
-def _names(*expressions: str) -> dict[str, str]:
-    """The attribute names an expression uses; DynamoDB refuses unused ones."""
-    text = " ".join(expressions)
-    return {token: name for token, name in _NAMES.items() if token in text}
+class _Refused(NamedTuple):
+    """A conditional request whose condition failed: nothing changed.
+
+    DynamoDB sends back the item as it was in the same answer when asked
+    (``ReturnValuesOnConditionCheckFailure``); kept here for callers to come.
+    """
+
+    item: dict[str, Any] | None
+
+
+def _seconds(moment: float) -> str:
+    """A moment as a DynamoDB number: seconds since the epoch, to the millisecond."""
+    return f"{moment:.3f}"
 
 
 def _digest(data: bytes) -> str:
@@ -389,6 +436,13 @@ class Configuration(HandlerConfiguration):
     max_pool_connections: int = Field(
         default=50, ge=1, description="HTTP connections kept for the threads sharing a handler."
     )
+    ttl_attribute: str = Field(
+        default="expires_at",
+        min_length=1,
+        max_length=255,
+        description="The number attribute that holds when an entry expires, in seconds "
+        "since the epoch; create_table() turns DynamoDB's TTL on for it.",
+    )
     deadline: float = Field(
         default=15.0,
         gt=0,
@@ -406,6 +460,13 @@ class Configuration(HandlerConfiguration):
             raise ValueError(
                 "must be an http:// or https:// URL with a host, such as http://localhost:8000"
             )
+        return value
+
+    @field_validator("ttl_attribute")
+    @classmethod
+    def _not_a_grove_attribute(cls, value: str) -> str:
+        if value in _OWN_ATTRIBUTES:
+            raise ValueError(f"{value!r} is an attribute the handler itself uses")
         return value
 
     @field_validator("assume_role_arn")
@@ -453,9 +514,14 @@ class _AssumedRole(CredentialProvider):
         return self._credentials
 
 
-class Handler(AtomicCache):
-    """A cache handler that keeps Grove's pointers, locks and hashes in a DynamoDB table."""
+class Handler(ExpiringCache):
+    """A cache handler that keeps Grove's pointers, locks and hashes in a DynamoDB table.
 
+    Expiry is decided by the caller's clock; see the module docstring for what clock
+    skew between hosts does.
+    """
+
+    clock_owner = "caller"
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (ClientError, BotoCoreError)
     max_value_bytes: ClassVar[int | None] = MAX_VALUE_BYTES
 
@@ -464,6 +530,7 @@ class Handler(AtomicCache):
         config: Configuration | None = None,
         *,
         client: DynamoDBClient | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Prepare the handler; no request is made until the first call or :meth:`setup`.
 
@@ -471,10 +538,14 @@ class Handler(AtomicCache):
         :param client: A DynamoDB client to use instead of building one from ``config``;
             its own timeouts and retries apply (not ``deadline``), and its credentials are
             not renewed on ``ExpiredToken``.
+        :param clock: The clock that decides expiry; ``time.time`` when ``None``.
         :raises ConfigurationException: A setting in the environment is invalid.
         """
         self.config = config if config is not None else Configuration.from_environment()
         self._table = self.config.table
+        self._ttl = self.config.ttl_attribute
+        self._clock = clock or time.time
+        self._sweep_from: dict[str, Any] | None = None
         self._client: DynamoDBClient | None = client
         self._renewable = client is None
         self._client_lock = threading.Lock()
@@ -720,8 +791,29 @@ class Handler(AtomicCache):
             "AttributeName=sk,KeyType=RANGE --billing-mode PAY_PER_REQUEST"
         )
 
-    def _decode(self, item: dict[str, Any], pk: str, sk: str) -> Stored | _Chunked:
-        """Read the value of an item: small, packed, a pointer to chunks, or none."""
+    def _expiry(self, item: dict[str, Any], pk: str, sk: str) -> float | None:
+        """When an item expires, in seconds since the epoch; ``None`` when it does not."""
+        attribute = item.get(self._ttl)
+        if attribute is None:
+            return None
+        number = attribute.get("N")
+        if not isinstance(number, str):
+            raise AccessException(
+                f"{describe_key(pk, sk)} in {self.location()} holds a {self._ttl!r} "
+                f"attribute of type {', '.join(attribute)}, not a number; another writer "
+                "uses the attribute GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE names"
+            )
+        return float(number)
+
+    def _decode(self, item: dict[str, Any], pk: str, sk: str, now: float) -> Stored | _Chunked:
+        """Read the value of an item: small, packed, a pointer to chunks, or none.
+
+        :param now: The caller's clock: an item that expired by then holds no value.
+        """
+        if self._ttl in item:
+            expires = self._expiry(item, pk, sk)
+            if expires is not None and expires <= now:
+                return ABSENT
         data = item.get("data")
         if data is not None:
             value = data.get("S")
@@ -758,7 +850,8 @@ class Handler(AtomicCache):
         """Atomic: one ``GetItem`` with ``ConsistentRead=True``.
 
         For a chunked value, the chunks that head names, read consistently; if one has
-        vanished, the value was replaced meanwhile and the read starts again.
+        vanished, the value was replaced meanwhile and the read starts again. An item
+        whose expiry has passed by the caller's clock holds no value.
         """
         request = {
             "TableName": self._table,
@@ -770,7 +863,7 @@ class Handler(AtomicCache):
             item = self._request("GetItem", request).get("Item")
             if item is None:
                 return ABSENT
-            value = self._decode(item, pk, sk)
+            value = self._decode(item, pk, sk, self._clock())
             if not isinstance(value, _Chunked):
                 return value
             parts = self._get_chunks(value)
@@ -856,24 +949,49 @@ class Handler(AtomicCache):
     def _condition(self, expected: Expected, values: dict[str, Any]) -> tuple[str | None, bool]:
         """The condition for ``expected``, and whether the stored value may be chunked.
 
+        An expired entry is absent inside the condition itself: ``not_set`` passes over
+        it, and no value matches it (``:now`` is the caller's clock).
+
         :param values: The request's attribute values, to which this adds its own.
         """
         if expected is ANY:
             return None, True
+        values[":now"] = {"N": _seconds(self._clock())}
         if expected is ABSENT:
-            return _ABSENT, False
+            # What is there may be an expired large value, whose chunks must then go.
+            return f"({_ABSENT}) OR {_EXPIRED}", True
         if expected.isascii() and len(expected) <= INLINE_VALUE_BYTES:
             values[":expected"] = {"S": expected}
-            return "#data = :expected", False
+            return f"#data = :expected AND {_ALIVE}", False
         data = expected.encode("utf-8")
         if len(data) <= INLINE_VALUE_BYTES:
             values[":expected"] = {"S": expected}
-            return "#data = :expected", False
+            return f"#data = :expected AND {_ALIVE}", False
         values[":digest_expected"] = {"S": _digest(data)}
         if len(data) > _UPSTREAM_DATA_BYTES:
-            return "#digest = :digest_expected", True
+            return f"#digest = :digest_expected AND {_ALIVE}", True
         values[":expected"] = {"S": expected}
-        return "(#data = :expected OR #digest = :digest_expected)", True
+        return f"(#data = :expected OR #digest = :digest_expected) AND {_ALIVE}", True
+
+    def _names(self, *expressions: str) -> dict[str, str]:
+        """The attribute names the expressions use; DynamoDB refuses unused ones."""
+        text = " ".join(expressions)
+        names = {token: name for token, name in _NAMES.items() if token in text}
+        if "#ttl" in text:
+            names["#ttl"] = self._ttl
+        return names
+
+    @staticmethod
+    def _expression(
+        sets: list[str], removes: list[str], expires: float | None, values: dict[str, Any]
+    ) -> str:
+        """An update expression that also sets the expiry, or removes it when ``None``."""
+        if expires is None:
+            removes = [*removes, "#ttl"]
+        else:
+            sets = [*sets, "#ttl = :expires"]
+            values[":expires"] = {"N": _seconds(expires)}
+        return "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
 
     def _update(
         self,
@@ -883,8 +1001,13 @@ class Handler(AtomicCache):
         values: dict[str, Any],
         condition: str | None,
         return_old: bool,
-    ) -> Any:
-        """One ``UpdateItem``; ``None`` when its condition failed."""
+        *,
+        callers: bool = False,
+    ) -> dict[str, Any] | _Refused:
+        """One ``UpdateItem``; :class:`_Refused` when its condition failed.
+
+        :param callers: The condition is the caller's (``not_set``, ``constraint``).
+        """
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
@@ -894,21 +1017,36 @@ class Handler(AtomicCache):
         }
         if condition is not None:
             request["ConditionExpression"] = condition
-            request["ExpressionAttributeNames"] = _names(update, condition)
+            request["ExpressionAttributeNames"] = self._names(update, condition)
         else:
-            request["ExpressionAttributeNames"] = _names(update)
-        return self._conditional("UpdateItem", request, return_old)
+            request["ExpressionAttributeNames"] = self._names(update)
+        return self._conditional("UpdateItem", request, return_old, callers)
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
-        """Atomic: one conditional ``UpdateItem`` of the key's item.
+        """Atomic: one conditional ``UpdateItem`` of the key's item; the entry never expires.
 
         A small value is that one request. An unconditional small write requires the
         old value to be small or absent (the common case: one request); when it is
         large, the write is made again, unconditionally, returning the old head so that
         its chunks can go. A large value is packed into the same request, or its chunks
         are written first under a fresh version, which the request then switches to.
+        The same request removes any expiry.
         """
+        return self._store(pk, sk, value, expected, None)
+
+    @override
+    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+        """Atomic: as :meth:`_write`, with the expiry set in the same request.
+
+        The expiry is the caller's clock plus ``ttl``; chunks of a chunked value carry it
+        too, a day later (see the module docstring).
+        """
+        return self._store(pk, sk, value, expected, self._clock() + ttl)
+
+    def _store(
+        self, pk: str, sk: str, value: str, expected: Expected, expires: float | None
+    ) -> bool:
         if value.isascii() and len(value) <= INLINE_VALUE_BYTES:
             data = None
         else:
@@ -916,60 +1054,69 @@ class Handler(AtomicCache):
             if len(data) <= INLINE_VALUE_BYTES:
                 data = None
         if data is None:
-            return self._write_small(pk, sk, value, expected)
-        return self._write_large(pk, sk, data, expected)
+            return self._write_small(pk, sk, value, expected, expires)
+        return self._write_large(pk, sk, data, expected, expires)
 
-    def _write_small(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+    def _write_small(
+        self, pk: str, sk: str, value: str, expected: Expected, expires: float | None
+    ) -> bool:
         values: dict[str, Any] = {":value": {"S": value}}
+        sets = ["#data = :value"]
         if expected is ANY:
-            if self._update(pk, sk, "SET #data = :value", values, _NOT_LARGE, False):
+            update = self._expression(sets, [], expires, values)
+            if not isinstance(self._update(pk, sk, update, values, _NOT_LARGE, False), _Refused):
                 return True
-            update = f"SET #data = :value REMOVE {_LARGE_ATTRIBUTES}"
+            update = self._expression(sets, _LARGE_ATTRIBUTES, expires, values)
             self._replaced(self._update(pk, sk, update, values, None, True))
             return True
         condition, may_be_chunked = self._condition(expected, values)
-        if may_be_chunked:
-            update = f"SET #data = :value REMOVE {_LARGE_ATTRIBUTES}"
-        else:
-            # The stored value is absent or small: there is nothing to remove.
-            update = "SET #data = :value"
-        answer = self._update(pk, sk, update, values, condition, may_be_chunked)
-        if answer is None:
+        # When the stored value is absent or small, there is nothing large to remove.
+        removes = _LARGE_ATTRIBUTES if may_be_chunked else []
+        update = self._expression(sets, removes, expires, values)
+        answer = self._update(pk, sk, update, values, condition, may_be_chunked, callers=True)
+        if isinstance(answer, _Refused):
             return False
         self._replaced(answer)
         return True
 
-    def _write_large(self, pk: str, sk: str, data: bytes, expected: Expected) -> bool:
+    def _write_large(
+        self, pk: str, sk: str, data: bytes, expected: Expected, expires: float | None
+    ) -> bool:
         packed = zlib.compress(data, _COMPRESSION_LEVEL)
         values: dict[str, Any] = {":digest": {"S": _digest(data)}}
         version = None
         if len(packed) <= _PACKED_BYTES:
-            update = "SET #packed = :packed, #digest = :digest REMOVE #data, #version, #parts"
+            sets = ["#packed = :packed", "#digest = :digest"]
+            removes = ["#data", "#version", "#parts"]
             values[":packed"] = {"B": packed}
         else:
             version = uuid.uuid4().hex
             try:
-                parts = self._put_chunks(pk, sk, version, packed)
+                parts = self._put_chunks(pk, sk, version, packed, expires)
             except (ClientError, BotoCoreError, AccessException):
                 self._delete_chunks(version, -(-len(packed) // _CHUNK_BYTES))
                 raise
-            update = (
-                "SET #digest = :digest, #version = :version, #parts = :parts REMOVE #data, #packed"
-            )
+            sets = ["#digest = :digest", "#version = :version", "#parts = :parts"]
+            removes = ["#data", "#packed"]
             values[":version"] = {"S": version}
             values[":parts"] = {"N": str(parts)}
+        update = self._expression(sets, removes, expires, values)
         # Should this request fail without an answer (a timeout after DynamoDB applied
         # it), the new chunks stay: collect_garbage() removes them if no head names them.
         condition, may_be_chunked = self._condition(expected, values)
-        answer = self._update(pk, sk, update, values, condition, may_be_chunked)
-        if answer is None:
+        answer = self._update(
+            pk, sk, update, values, condition, may_be_chunked, callers=expected is not ANY
+        )
+        if isinstance(answer, _Refused):
             if version is not None:
                 self._delete_chunks(version, int(values[":parts"]["N"]))
             return False
         self._replaced(answer)
         return True
 
-    def _put_chunks(self, pk: str, sk: str, version: str, packed: bytes) -> int:
+    def _put_chunks(
+        self, pk: str, sk: str, version: str, packed: bytes, expires: float | None
+    ) -> int:
         """Write the compressed value as chunk items; return how many.
 
         :raises AccessException: Writing took longer than :data:`WRITE_DEADLINE`.
@@ -977,6 +1124,8 @@ class Handler(AtomicCache):
         started = time.monotonic()
         chunk_pk = {"S": _CHUNK_PREFIX + version}
         owner = {"of_pk": {"S": pk}, "of_sk": {"S": sk}, "at": {"N": str(int(time.time()))}}
+        if expires is not None:
+            owner[self._ttl] = {"N": _seconds(expires + _CHUNK_EXPIRY_MARGIN)}
         requests = [
             {
                 "PutRequest": {
@@ -1005,7 +1154,8 @@ class Handler(AtomicCache):
 
         An unconditional delete first requires the value not to be chunked (one
         request); when it is, it deletes again, returning the head so that its chunks
-        can go. Chunks are deleted after the head.
+        can go. Chunks are deleted after the head. An expired entry is deleted by an
+        unconditional delete, and no ``constraint`` matches it.
         """
         values: dict[str, Any] = {}
         if expected is ANY:
@@ -1013,44 +1163,58 @@ class Handler(AtomicCache):
             may_be_chunked = False
         else:
             condition, may_be_chunked = self._condition(expected, values)
-        answer = self._delete(pk, sk, condition, values, may_be_chunked)
-        if answer is None:
+        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        answer = self._delete(key, condition, values, may_be_chunked, expected is not ANY)
+        if isinstance(answer, _Refused):
             if expected is not ANY:
                 return False
-            answer = self._delete(pk, sk, None, values, True)
+            answer = self._delete(key, None, values, True, False)
         self._replaced(answer)
         return True
 
     def _delete(
         self,
-        pk: str,
-        sk: str,
+        key: dict[str, Any],
         condition: str | None,
         values: dict[str, Any],
         return_old: bool,
-    ) -> Any:
-        """One ``DeleteItem``; ``None`` when its condition failed."""
+        callers: bool,
+    ) -> dict[str, Any] | _Refused:
+        """One ``DeleteItem``; :class:`_Refused` when its condition failed.
+
+        :param callers: The condition is the caller's (``constraint``).
+        """
         request: dict[str, Any] = {
             "TableName": self._table,
-            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "Key": key,
             "ReturnConsumedCapacity": "TOTAL",
         }
         if condition is not None:
             request["ConditionExpression"] = condition
-            request["ExpressionAttributeNames"] = _names(condition)
+            request["ExpressionAttributeNames"] = self._names(condition)
             if values:
                 request["ExpressionAttributeValues"] = values
-        return self._conditional("DeleteItem", request, return_old)
+        return self._conditional("DeleteItem", request, return_old, callers)
 
-    def _conditional(self, operation: str, request: dict[str, Any], return_old: bool) -> Any:
-        """Send one conditional request; ``None`` when its condition failed."""
+    def _conditional(
+        self, operation: str, request: dict[str, Any], return_old: bool, callers: bool
+    ) -> dict[str, Any] | _Refused:
+        """Send one conditional request; :class:`_Refused` when its condition failed.
+
+        :param return_old: Return the item as it was before (``ReturnValues=ALL_OLD``).
+        :param callers: The condition is the caller's: a refusal brings back the item as
+            it was, in the same answer (``ReturnValuesOnConditionCheckFailure``).
+        """
         if return_old:
             request["ReturnValues"] = "ALL_OLD"
+        if callers:
+            request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             return self._request(operation, request)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return None
+                old = exc.response.get("Item")
+                return _Refused(old if isinstance(old, dict) else None)
             raise
 
     @override
@@ -1059,26 +1223,32 @@ class Handler(AtomicCache):
 
         Each page is one request; an entry is yielded as it was when its page was read.
         A chunked value is read again whole (see :meth:`_read`); chunk items are not
-        entries.
+        entries, and neither are entries expired when the page is read (the filter of
+        the request, then the same test here).
         """
+        live = f"{_PRESENT} AND {_ALIVE}"
         request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        values: dict[str, Any] = {}
         if pk is not None:
             request["KeyConditionExpression"] = "#pk = :pk"
-            request["FilterExpression"] = _PRESENT
-            request["ExpressionAttributeValues"] = {":pk": {"S": pk}}
+            request["FilterExpression"] = live
+            values[":pk"] = {"S": pk}
         elif prefix:
-            request["FilterExpression"] = f"begins_with(#pk, :prefix) AND {_PRESENT}"
-            request["ExpressionAttributeValues"] = {":prefix": {"S": prefix}}
+            request["FilterExpression"] = f"begins_with(#pk, :prefix) AND {live}"
+            values[":prefix"] = {"S": prefix}
         else:
-            request["FilterExpression"] = _PRESENT
-        request["ExpressionAttributeNames"] = _names(_PRESENT)
+            request["FilterExpression"] = live
+        request["ExpressionAttributeNames"] = self._names(live)
+        request["ExpressionAttributeValues"] = values
         if pk is not None or prefix:
             request["ExpressionAttributeNames"]["#pk"] = "pk"
         while True:
+            now = self._clock()
+            values[":now"] = {"N": _seconds(now)}
             page = self._request("Query" if pk is not None else "Scan", request)
             for item in page.get("Items", []):
                 item_pk, item_sk = str(item["pk"]["S"]), str(item["sk"]["S"])
-                value = self._decode(item, item_pk, item_sk)
+                value = self._decode(item, item_pk, item_sk, now)
                 if isinstance(value, _Chunked):
                     value = self._read(item_pk, item_sk)
                 if value is not ABSENT:
@@ -1087,6 +1257,64 @@ class Handler(AtomicCache):
             if not last:
                 return
             request["ExclusiveStartKey"] = last
+
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: one ``GetItem`` of the head's value markers and expiry."""
+        item = self._request(
+            "GetItem",
+            {
+                "TableName": self._table,
+                "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+                "ConsistentRead": True,
+                "ProjectionExpression": "#data, #digest, #ttl",
+                "ExpressionAttributeNames": self._names("#data #digest #ttl"),
+                "ReturnConsumedCapacity": "TOTAL",
+            },
+        ).get("Item")
+        if item is None or ("data" not in item and "digest" not in item):
+            return ABSENT
+        expires = self._expiry(item, pk, sk)
+        if expires is not None and expires <= self._clock():
+            return ABSENT
+        return expires
+
+    @override
+    def _sweep_expired(self, limit: int) -> int:
+        """Remove up to ``limit`` expired entries: ``Scan`` pages, one ``DeleteItem`` each.
+
+        The pages are filtered to entries expired by the caller's clock; each delete
+        requires that still (``#ttl <= :now``), so an entry written again meanwhile
+        survives, and returns the head so that a chunked value's chunks go with it. The
+        scan resumes where the previous call stopped and starts again once it reaches
+        the end of the table, so successive calls walk the table once.
+        """
+        now = {"N": _seconds(self._clock())}
+        condition = f"{_PRESENT} AND {_EXPIRED}"
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": condition,
+            "ProjectionExpression": "#pk, #sk",
+            "ExpressionAttributeNames": {**self._names(condition), "#pk": "pk", "#sk": "sk"},
+            "ExpressionAttributeValues": {":now": now},
+        }
+        removed = 0
+        while True:
+            if self._sweep_from is not None:
+                request["ExclusiveStartKey"] = self._sweep_from
+            page = self._request("Scan", request)
+            for item in page.get("Items", []):
+                key = {"pk": item["pk"], "sk": item["sk"]}
+                answer = self._delete(key, _EXPIRED, {":now": now}, True, False)
+                self._sweep_from = key
+                if not isinstance(answer, _Refused):
+                    self._replaced(answer)
+                    removed += 1
+                    if removed == limit:
+                        return removed
+            self._sweep_from = page.get("LastEvaluatedKey") or None
+            if self._sweep_from is None:
+                return removed
 
     def collect_garbage(self, *, older_than: float = 3600.0) -> int:
         """Delete chunk items that no value refers to: the maintenance call.
@@ -1169,10 +1397,15 @@ class Handler(AtomicCache):
         """Create the table with Grove's schema and on-demand billing, if it is missing.
 
         Idempotent: an existing table with the right keys is left as it is. Either way,
-        this waits until the table is active.
+        this waits until the table is active, then turns DynamoDB's TTL on for the
+        expiry attribute (``GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE``) if it is off, so
+        that DynamoDB removes expired entries by itself, within days. Where the policy
+        does not allow it, a warning says so: expiry works all the same, and
+        :meth:`~grove.caches.atomic.ExpiringCache.sweep_expired` removes what expired.
 
         :param timeout: Seconds to wait for the table to become active.
-        :raises ConfigurationException: The table exists with other keys.
+        :raises ConfigurationException: The table exists with other keys, or its TTL is
+            on another attribute.
         :raises AccessException: DynamoDB refused or failed, or the table did not become
             active in time.
         :return: ``True`` when the table was created, ``False`` when it existed.
@@ -1210,7 +1443,51 @@ class Handler(AtomicCache):
                 f"creating the table failed in {self.location()}: {type(exc).__name__}: {exc}"
             ) from exc
         self._check_schema(table)
+        self._enable_ttl()
         return created
+
+    def _enable_ttl(self) -> None:
+        """Turn DynamoDB's TTL on for the expiry attribute, unless it is on already.
+
+        :raises ConfigurationException: TTL is on for another attribute.
+        :raises AccessException: DynamoDB failed.
+        """
+        try:
+            ttl = self._request("DescribeTimeToLive", {"TableName": self._table})
+            state = ttl["TimeToLiveDescription"]
+            if state.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+                if state.get("AttributeName") == self._ttl:
+                    return
+                raise ConfigurationException(
+                    f"{self.location()} has DynamoDB's TTL on attribute "
+                    f"{state.get('AttributeName')!r}, and a table has one TTL attribute: set "
+                    f"GROVE_CACHE_AWS_DYNAMODB_TTL_ATTRIBUTE to it (not {self._ttl!r})"
+                )
+            self._request(
+                "UpdateTimeToLive",
+                {
+                    "TableName": self._table,
+                    "TimeToLiveSpecification": {"Enabled": True, "AttributeName": self._ttl},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "AccessDeniedException":
+                raise self._ttl_error(exc) from exc
+            _logger.warning(
+                "%s: not allowed to turn DynamoDB's TTL on for %r, so DynamoDB will not remove "
+                "expired entries by itself (sweep_expired() does): %s",
+                self.location(),
+                self._ttl,
+                exc,
+            )
+        except BotoCoreError as exc:
+            raise self._ttl_error(exc) from exc
+
+    def _ttl_error(self, exc: Exception) -> AccessException:
+        return AccessException(
+            f"turning TTL on for {self._ttl!r} failed in {self.location()}: "
+            f"{type(exc).__name__}: {exc}"
+        )
 
     @override
     def create_storage(self) -> str:
@@ -1221,7 +1498,7 @@ class Handler(AtomicCache):
         :return: What was done, in one line.
         """
         created = self.create_table()
-        return f"{'created' if created else 'found'} {self.location()}"
+        return f"{'created' if created else 'found'} {self.location()}, expiry in {self._ttl!r}"
 
 
 def create_table(config: Configuration | None = None, *, timeout: float = 300.0) -> bool:
