@@ -96,7 +96,8 @@ naming the table and the operation. Each request has a deadline,
 between them: no attempt starts after it, each attempt's read timeout is cut to the
 time left, and a retryable failure after it ends the request
 (:class:`DeadlineExceededError`). A small call is one request, so a server that is down
-fails the call within the deadline plus at most one connect timeout.
+fails it after about the deadline: only a connection being opened, or a backoff pause
+begun before the deadline (botocore's, at most a few seconds), can carry past it.
 
 Answers are checked (:meth:`Handler._check_answer`): a request id, what the operation
 returns, and, for item requests, which ask for it at no cost, the consumed capacity of
@@ -206,6 +207,9 @@ _COMPRESSION_LEVEL = 1  # zlib's fastest: Grove's hex digests shrink almost as m
 _BATCH_WRITE_ITEMS = 25  # DynamoDB's limit per BatchWriteItem (10 MB of chunks, under 16)
 _BATCH_GET_ITEMS = 25  # 10 MB of chunks, under BatchGetItem's 16 MB answer
 _READ_ROUNDS = 10
+_PAGE_ITEMS = 1000
+"""Items a listing or sweeping request reads at most (besides DynamoDB's 1 MB), so that
+each page stays far inside the deadline, however slow the link or the server."""
 _BATCH_ROUNDS = 8
 
 _LARGE_ATTRIBUTES = ["#packed", "#digest", "#version", "#parts"]
@@ -1221,13 +1225,18 @@ class Handler(ExpiringCache):
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
         """A ``Query`` of one partition, or a ``Scan``; consistent reads, page by page.
 
-        Each page is one request; an entry is yielded as it was when its page was read.
+        Each page is one request of at most :data:`_PAGE_ITEMS` items; an entry is
+        yielded as it was when its page was read.
         A chunked value is read again whole (see :meth:`_read`); chunk items are not
         entries, and neither are entries expired when the page is read (the filter of
         the request, then the same test here).
         """
         live = f"{_PRESENT} AND {_ALIVE}"
-        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "ConsistentRead": True,
+            "Limit": _PAGE_ITEMS,
+        }
         values: dict[str, Any] = {}
         if pk is not None:
             request["KeyConditionExpression"] = "#pk = :pk"
@@ -1294,6 +1303,7 @@ class Handler(ExpiringCache):
         request: dict[str, Any] = {
             "TableName": self._table,
             "FilterExpression": condition,
+            "Limit": _PAGE_ITEMS,
             "ProjectionExpression": "#pk, #sk",
             "ExpressionAttributeNames": {**self._names(condition), "#pk": "pk", "#sk": "sk"},
             "ExpressionAttributeValues": {":now": now},
@@ -1336,6 +1346,7 @@ class Handler(ExpiringCache):
             "TableName": self._table,
             "ConsistentRead": True,
             "FilterExpression": "begins_with(#pk, :prefix) AND attribute_exists(#part)",
+            "Limit": _PAGE_ITEMS,
             "ProjectionExpression": "#pk, #sk, #of_pk, #of_sk, #at",
             "ExpressionAttributeNames": {
                 "#pk": "pk",
