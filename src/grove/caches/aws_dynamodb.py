@@ -1267,20 +1267,25 @@ class Handler(ExpiringCache):
                 return
             request["ExclusiveStartKey"] = last
 
-    @override
-    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
-        """Atomic: one ``GetItem`` of the head's value markers and expiry."""
-        item = self._request(
+    def _head(self, pk: str, sk: str, projection: str) -> dict[str, Any] | None:
+        """Some attributes of a key's item, read consistently; ``None`` without an item."""
+        item: dict[str, Any] | None = self._request(
             "GetItem",
             {
                 "TableName": self._table,
                 "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
                 "ConsistentRead": True,
-                "ProjectionExpression": "#data, #digest, #ttl",
-                "ExpressionAttributeNames": self._names("#data #digest #ttl"),
+                "ProjectionExpression": projection,
+                "ExpressionAttributeNames": self._names(projection),
                 "ReturnConsumedCapacity": "TOTAL",
             },
         ).get("Item")
+        return item
+
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: one ``GetItem`` of the head's value markers and expiry."""
+        item = self._head(pk, sk, "#data, #digest, #ttl")
         if item is None or ("data" not in item and "digest" not in item):
             return ABSENT
         expires = self._expiry(item, pk, sk)
@@ -1380,17 +1385,7 @@ class Handler(ExpiringCache):
             for version, (owner_pk, owner_sk, newest, sks) in versions.items():
                 if newest > cutoff:
                     continue
-                head = self._request(
-                    "GetItem",
-                    {
-                        "TableName": self._table,
-                        "Key": {"pk": {"S": owner_pk}, "sk": {"S": owner_sk}},
-                        "ConsistentRead": True,
-                        "ProjectionExpression": "#version",
-                        "ExpressionAttributeNames": {"#version": "version"},
-                        "ReturnConsumedCapacity": "TOTAL",
-                    },
-                ).get("Item", {})
+                head = self._head(owner_pk, owner_sk, "#version") or {}
                 if head.get("version", {}).get("S") == version:
                     continue
                 chunk_pk = {"S": _CHUNK_PREFIX + version}
