@@ -706,7 +706,7 @@ def test_throttling_within_the_deadline_is_retried(moto_endpoint: str, table: st
         return None
 
     with LoopbackEndpoint(throttle_twice, upstream=moto_endpoint) as endpoint:
-        cache = make_handler(endpoint.url, table, deadline=5)
+        cache = make_handler(endpoint.url, table, deadline=30)
         cache.set("pk", "sk", "v")
         assert endpoint.operations() == ["UpdateItem"] * 3
     assert make_handler(moto_endpoint, table).get("pk", "sk") == "v"
