@@ -96,7 +96,8 @@ naming the table and the operation. Each request has a deadline,
 between them: no attempt starts after it, each attempt's read timeout is cut to the
 time left, and a retryable failure after it ends the request
 (:class:`DeadlineExceededError`). A small call is one request, so a server that is down
-fails the call within the deadline plus at most one connect timeout.
+fails it after about the deadline: only a connection being opened, or a backoff pause
+begun before the deadline (botocore's, at most a few seconds), can carry past it.
 
 Answers are checked (:meth:`Handler._check_answer`): a request id, what the operation
 returns, and, for item requests, which ask for it at no cost, the consumed capacity of
@@ -206,6 +207,9 @@ _COMPRESSION_LEVEL = 1  # zlib's fastest: Grove's hex digests shrink almost as m
 _BATCH_WRITE_ITEMS = 25  # DynamoDB's limit per BatchWriteItem (10 MB of chunks, under 16)
 _BATCH_GET_ITEMS = 25  # 10 MB of chunks, under BatchGetItem's 16 MB answer
 _READ_ROUNDS = 10
+_PAGE_ITEMS = 1000
+"""Items a listing or sweeping request reads at most (besides DynamoDB's 1 MB), so that
+each page stays far inside the deadline, however slow the link or the server."""
 _BATCH_ROUNDS = 8
 
 _LARGE_ATTRIBUTES = ["#packed", "#digest", "#version", "#parts"]
@@ -1221,13 +1225,18 @@ class Handler(ExpiringCache):
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
         """A ``Query`` of one partition, or a ``Scan``; consistent reads, page by page.
 
-        Each page is one request; an entry is yielded as it was when its page was read.
+        Each page is one request of at most :data:`_PAGE_ITEMS` items; an entry is
+        yielded as it was when its page was read.
         A chunked value is read again whole (see :meth:`_read`); chunk items are not
         entries, and neither are entries expired when the page is read (the filter of
         the request, then the same test here).
         """
         live = f"{_PRESENT} AND {_ALIVE}"
-        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "ConsistentRead": True,
+            "Limit": _PAGE_ITEMS,
+        }
         values: dict[str, Any] = {}
         if pk is not None:
             request["KeyConditionExpression"] = "#pk = :pk"
@@ -1258,20 +1267,25 @@ class Handler(ExpiringCache):
                 return
             request["ExclusiveStartKey"] = last
 
-    @override
-    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
-        """Atomic: one ``GetItem`` of the head's value markers and expiry."""
-        item = self._request(
+    def _head(self, pk: str, sk: str, projection: str) -> dict[str, Any] | None:
+        """Some attributes of a key's item, read consistently; ``None`` without an item."""
+        item: dict[str, Any] | None = self._request(
             "GetItem",
             {
                 "TableName": self._table,
                 "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
                 "ConsistentRead": True,
-                "ProjectionExpression": "#data, #digest, #ttl",
-                "ExpressionAttributeNames": self._names("#data #digest #ttl"),
+                "ProjectionExpression": projection,
+                "ExpressionAttributeNames": self._names(projection),
                 "ReturnConsumedCapacity": "TOTAL",
             },
         ).get("Item")
+        return item
+
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: one ``GetItem`` of the head's value markers and expiry."""
+        item = self._head(pk, sk, "#data, #digest, #ttl")
         if item is None or ("data" not in item and "digest" not in item):
             return ABSENT
         expires = self._expiry(item, pk, sk)
@@ -1294,6 +1308,7 @@ class Handler(ExpiringCache):
         request: dict[str, Any] = {
             "TableName": self._table,
             "FilterExpression": condition,
+            "Limit": _PAGE_ITEMS,
             "ProjectionExpression": "#pk, #sk",
             "ExpressionAttributeNames": {**self._names(condition), "#pk": "pk", "#sk": "sk"},
             "ExpressionAttributeValues": {":now": now},
@@ -1336,6 +1351,7 @@ class Handler(ExpiringCache):
             "TableName": self._table,
             "ConsistentRead": True,
             "FilterExpression": "begins_with(#pk, :prefix) AND attribute_exists(#part)",
+            "Limit": _PAGE_ITEMS,
             "ProjectionExpression": "#pk, #sk, #of_pk, #of_sk, #at",
             "ExpressionAttributeNames": {
                 "#pk": "pk",
@@ -1369,17 +1385,7 @@ class Handler(ExpiringCache):
             for version, (owner_pk, owner_sk, newest, sks) in versions.items():
                 if newest > cutoff:
                     continue
-                head = self._request(
-                    "GetItem",
-                    {
-                        "TableName": self._table,
-                        "Key": {"pk": {"S": owner_pk}, "sk": {"S": owner_sk}},
-                        "ConsistentRead": True,
-                        "ProjectionExpression": "#version",
-                        "ExpressionAttributeNames": {"#version": "version"},
-                        "ReturnConsumedCapacity": "TOTAL",
-                    },
-                ).get("Item", {})
+                head = self._head(owner_pk, owner_sk, "#version") or {}
                 if head.get("version", {}).get("S") == version:
                     continue
                 chunk_pk = {"S": _CHUNK_PREFIX + version}
