@@ -580,6 +580,19 @@ def test_writes_into_a_removed_database_are_refused(tmp_path: Path) -> None:
     assert [tuple(entry) for entry in _handler(path).entries()] == [("pk", "after", "3")]
 
 
+def test_a_store_created_again_by_another_process_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "old", "1")
+    _remove_files(path, "", "-wal", "-shm")
+    _handler(path).set("pk", "new", "2")  # a collector started since: its first write
+    with pytest.raises(AccessException, match="removed or replaced"):
+        cache.set("pk", "mine", "3")
+    assert cache.get("pk", "new") == "2"
+    cache.set("pk", "mine", "3")
+    assert sorted(entry.sk for entry in _handler(path).entries()) == ["mine", "new"]
+
+
 @pytest.mark.parametrize("operation", ["set", "not_set", "constraint", "delete", "delete_if"])
 def test_every_write_into_a_replaced_database_is_refused(tmp_path: Path, operation: str) -> None:
     path = tmp_path / "cache.db"
