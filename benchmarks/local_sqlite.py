@@ -39,6 +39,7 @@ from grove.caches.local_sqlite import (
     _SELECT,
     _UPDATE_IF_EQUAL,
     _UPSERT,
+    _UPSERT_EXPIRING,
     Configuration,
     Handler,
 )
@@ -67,7 +68,7 @@ class BulkLoadedHandler(Handler):
     def populate(self, entries: Entries, expires_at: float | None = None) -> None:
         self.setup()
         with closing(sqlite3.connect(self.path)) as raw, raw:
-            raw.executemany(_UPSERT, [(*entry, expires_at) for entry in entries])
+            raw.executemany(_UPSERT_EXPIRING, [(*entry, expires_at) for entry in entries])
 
 
 class ExpiringHandler:
@@ -126,7 +127,7 @@ class RawSqlite:
 
     def populate(self, entries: Entries) -> None:
         self._db.execute("BEGIN")
-        self._db.executemany(_UPSERT, [(*entry, None) for entry in entries])
+        self._db.executemany(_UPSERT, entries)
         self._db.execute("COMMIT")
 
     def get(self, pk: str, sk: str) -> str:
@@ -147,7 +148,7 @@ class RawSqlite:
                 _INSERT_IF_ABSENT, (pk, sk, value, None, time.time())
             ).rowcount
         else:
-            changed = self._db.execute(_UPSERT, (pk, sk, value, None)).rowcount
+            changed = self._db.execute(_UPSERT, (pk, sk, value)).rowcount
         if changed != 1:
             raise KeyError((pk, sk))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import random
 import re
@@ -39,6 +38,7 @@ from grove.caches.testing import (
     ManualClock,
     SharedCacheConformance,
     SharedExpiryConformance,
+    run_in_processes,
 )
 from grove.exceptions import (
     AccessException,
@@ -305,19 +305,8 @@ def test_a_busy_file_is_waited_for(tmp_path: Path) -> None:
 
 def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
     path = str(tmp_path / "fresh" / "cache.db")
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(6)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_open_and_write, args=(path, f"w{i}", barrier, results))
-        for i in range(6)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = sorted(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-    assert outcomes == [f"w{i}: ok" for i in range(6)]
+    outcomes = run_in_processes(_open_and_write, [(path, f"w{i}") for i in range(6)], timeout=120)
+    assert sorted(outcomes) == [f"w{i}: ok" for i in range(6)]
     cache = _handler(path)
     assert sorted(entry.sk for entry in cache.entries("pk")) == [f"w{i}" for i in range(6)]
     assert _pragma(cache, "user_version") == SCHEMA_VERSION
@@ -591,6 +580,19 @@ def test_writes_into_a_removed_database_are_refused(tmp_path: Path) -> None:
     assert [tuple(entry) for entry in _handler(path).entries()] == [("pk", "after", "3")]
 
 
+def test_a_store_created_again_by_another_process_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "old", "1")
+    _remove_files(path, "", "-wal", "-shm")
+    _handler(path).set("pk", "new", "2")  # a collector started since: its first write
+    with pytest.raises(AccessException, match="removed or replaced"):
+        cache.set("pk", "mine", "3")
+    assert cache.get("pk", "new") == "2"
+    cache.set("pk", "mine", "3")
+    assert sorted(entry.sk for entry in _handler(path).entries()) == ["mine", "new"]
+
+
 @pytest.mark.parametrize("operation", ["set", "not_set", "constraint", "delete", "delete_if"])
 def test_every_write_into_a_replaced_database_is_refused(tmp_path: Path, operation: str) -> None:
     path = tmp_path / "cache.db"
@@ -833,19 +835,8 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
 
 def test_processes_upgrading_one_file_at_once(tmp_path: Path) -> None:
     path = str(_version_1_copy(tmp_path))
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(6)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_open_and_write, args=(path, f"w{i}", barrier, results))
-        for i in range(6)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = sorted(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-    assert outcomes == [f"w{i}: ok" for i in range(6)]
+    outcomes = run_in_processes(_open_and_write, [(path, f"w{i}") for i in range(6)], timeout=120)
+    assert sorted(outcomes) == [f"w{i}: ok" for i in range(6)]
     cache = _handler(path)
     assert len(list(cache.entries())) == len(_VERSION_1_ENTRIES) + 6
     assert _pragma(cache, "user_version") == SCHEMA_VERSION

@@ -132,6 +132,10 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SELECT = f"SELECT CAST(value AS BLOB) FROM entries WHERE pk = ? AND sk = ? AND {_LIVE}"
 _SELECT_EXPIRY = f"SELECT expires_at FROM entries WHERE pk = ? AND sk = ? AND {_LIVE}"
 _UPSERT = (
+    "INSERT INTO entries (pk, sk, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (pk, sk) DO UPDATE SET value = excluded.value, expires_at = NULL"
+)
+_UPSERT_EXPIRING = (
     "INSERT INTO entries (pk, sk, value, expires_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (pk, sk) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
@@ -750,8 +754,10 @@ class Handler(ExpiringCache):
             opened = self._writable()
         cursor = opened.cursor
         if expected is ANY:
-            expires = None if ttl is None else self._clock() + ttl
-            cursor.execute(_UPSERT, (pk, sk, value, expires))
+            if ttl is None:
+                cursor.execute(_UPSERT, (pk, sk, value))
+            else:
+                cursor.execute(_UPSERT_EXPIRING, (pk, sk, value, self._clock() + ttl))
             written = True
         else:
             now = self._clock()
