@@ -373,13 +373,8 @@ def _row_count(cursor: psycopg.Cursor[Any]) -> int:
     return cursor.rowcount
 
 
-def _text(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AccessException(
-            f"{what} is not UTF-8 (byte {exc.start}); not written by Grove"
-        ) from exc
+def _not_utf8(exc: UnicodeDecodeError, what: str) -> AccessException:
+    return AccessException(f"{what} is not UTF-8 (byte {exc.start}); not written by Grove")
 
 
 def _next_prefix(prefix: bytes) -> bytes:
@@ -681,7 +676,11 @@ class Handler(ExpiringCache):
         row = self._fetch_one(self._sql.select, (pk.encode(), sk.encode()))
         if row is None:
             return ABSENT
-        return _text(row[0], f"the value of {describe_key(pk, sk)} in {self.location()}")
+        try:
+            return str(row[0].decode())
+        except UnicodeDecodeError as exc:
+            what = f"the value of {describe_key(pk, sk)} in {self.location()}"
+            raise _not_utf8(exc, what) from exc
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
@@ -752,10 +751,11 @@ class Handler(ExpiringCache):
             if not rows:
                 return
             for row_pk, row_sk, value in rows:
-                entry_pk = _text(row_pk, f"a partition key in {self.location()}")
-                entry_sk = _text(row_sk, f"a sort key in {self.location()}")
-                entry = describe_key(entry_pk, entry_sk)
-                yield CacheEntry(
-                    entry_pk, entry_sk, _text(value, f"the value of {entry} in {self.location()}")
-                )
+                try:
+                    entry = CacheEntry(row_pk.decode(), row_sk.decode(), value.decode())
+                except UnicodeDecodeError as exc:
+                    pk_text, sk_text = (part.decode(errors="replace") for part in (row_pk, row_sk))
+                    key = describe_key(pk_text, sk_text)
+                    raise _not_utf8(exc, f"the entry {key} in {self.location()}") from exc
+                yield entry
             after = (rows[-1][0], rows[-1][1])
