@@ -46,7 +46,7 @@ from typing_extensions import override
 
 from grove.caches import CacheEntry
 from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
-from grove.caches.configuration import HandlerConfiguration
+from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.exceptions import AccessException, ConfigurationException
 
 SCHEMA_VERSION: Final = 1
@@ -111,7 +111,7 @@ class Configuration(HandlerConfiguration):
 
     model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_SQLITE_")
 
-    path: str = pydantic.Field(min_length=1)
+    path: ExpandedPath = pydantic.Field(min_length=1)
     """The database file; created with its missing directories on first use."""
 
     synchronous: Literal["full", "normal"] = "full"
