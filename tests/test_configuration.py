@@ -5,8 +5,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from grove.caches import create, load, local_file, local_sqlite
-from grove.caches.configuration import handler_from_environment
+from grove.caches import configuration, create, load, local_file, local_sqlite
 from grove.exceptions import ConfigurationException
 
 
@@ -51,9 +50,9 @@ def test_unknown_variables_with_the_prefix_are_ignored_and_listed(
 
 def test_the_handler_variable_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GROVE_CACHE_HANDLER", raising=False)
-    assert handler_from_environment() is None
+    assert configuration.handler_from_environment() is None
     monkeypatch.setenv("grove_cache_handler", " local_memory ")
-    assert handler_from_environment() == "local_memory"
+    assert configuration.handler_from_environment() == "local_memory"
     assert type(create()).__module__ == "grove.caches.local_memory"
     monkeypatch.setenv("grove_cache_handler", "Local_Memory")
     with pytest.raises(ConfigurationException, match="no cache handler named 'Local_Memory'"):
