@@ -3,13 +3,24 @@ against real handlers (files, SQLite, DynamoDB on moto's server)."""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import fcntl
+import io
 import itertools
 import json
 import os
 import pty
+import shlex
+import signal
+import sqlite3
+import struct
 import subprocess
 import sys
+import termios
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +29,7 @@ import pytest
 
 from benchmarks.moto_server import fake_credentials
 from grove.caches.testing import HOSTILE_KEYS
-from grove.cli import ExitCode, _masked_settings
+from grove.cli import ExitCode, _masked_settings, main
 
 GROVE_CACHE = str(Path(sys.executable).parent / "grove-cache")
 
@@ -49,6 +60,39 @@ class Cli:
 
     def with_env(self, **changes: str) -> Cli:
         return Cli({**self.env, **changes}, self.label)
+
+
+def on_terminal(env: dict[str, str], *args: str) -> tuple[int, bytes]:
+    """Run grove-cache with stdout and stderr on a terminal (a pty 200 columns wide).
+
+    :return: The exit code and everything the terminal received.
+    """
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    try:
+        process = subprocess.Popen(
+            [GROVE_CACHE, *args],
+            env={**env, "TERM": "xterm", "COLUMNS": "200"},
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=follower,
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return process.wait(timeout=120), shown
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
 
 
 def clean_environment(tmp_path: Path) -> dict[str, str]:
@@ -233,7 +277,8 @@ def test_migrate_dry_run_writes_nothing(cli: Cli, tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
     result = cli("migrate", "--to", "local_file", "--to-config", f"path={target}", "--dry-run")
-    assert f"{len(HOSTILE_ENTRIES)} entries would be copied" in result.stderr.decode()
+    n = len(HOSTILE_ENTRIES)
+    assert f"dry run: {n} entries: {n} would be new" in result.stderr.decode()
     assert not target.exists() or not any(target.rglob("*.cache"))
 
 
@@ -280,10 +325,12 @@ def test_bench_measures_and_cleans_up(cli: Cli) -> None:
 def test_nothing_configured_uses_the_embedded_durable_store(tmp_path: Path) -> None:
     cli = Cli(clean_environment(tmp_path), "default")
     result = cli("set", "pointer.x", "all", "kept")
-    assert b"using local_sqlite" in result.stderr
-    assert b"embedded default" in result.stderr
+    assert result.stderr == b""  # in a pipe: no status line (a terminal gets one)
     assert (tmp_path / "state" / "grove" / "cache.db").is_file()
     assert cli("get", "pointer.x", "all").stdout == b"kept\n"
+    code, shown = on_terminal(cli.env, "get", "pointer.x", "all")
+    assert code == 0
+    assert b"using local_sqlite (embedded default at " in shown
 
 
 def test_handler_option_and_config_beat_the_environment(tmp_path: Path) -> None:
@@ -321,32 +368,8 @@ def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
     piped = cli("export")
     assert b"\x1b[" not in piped.stderr
 
-    leader, follower = pty.openpty()
-    try:
-        completed = subprocess.run(
-            [GROVE_CACHE, "export", "-o", str(tmp_path / "out.jsonl")],
-            env={**cli.env, "TERM": "xterm"},
-            stderr=follower,
-            stdout=subprocess.DEVNULL,
-            timeout=120,
-            check=True,
-        )
-        os.close(follower)
-        follower = -1
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(leader)
-        if follower != -1:
-            os.close(follower)
-    assert completed.returncode == 0
+    code, shown = on_terminal(cli.env, "export", "-o", str(tmp_path / "out.jsonl"))
+    assert code == 0
     assert b"exporting" in shown  # the progress bar's label
     assert b"exported 2,000 entries" in shown
 
@@ -389,8 +412,477 @@ def test_migrate_round_trip_ends_identical(tmp_path: Path, request: pytest.Fixtu
             "migrate", "--to", label, *target_settings
         )
         summary = report.stderr.decode()
-        assert "10,000 copied" in summary, summary
+        assert "migrated 10,000 entries" in summary, summary
+        assert ": 10,000 new, 0 unchanged, 0 overwritten" in summary, summary
         assert "0 failed; verified 10,000, 0 mismatched" in summary, summary
         print(summary.strip().splitlines()[-1])
     last = Cli({**base, **stores[-1]}, chain[-1])
     assert parse_jsonl(last("export").stdout) == entries
+
+
+# -- in process: main(argv) ----------------------------------------------------------
+
+
+@dataclass
+class Ran:
+    """What one in-process run of main() did."""
+
+    code: int
+    out: bytes
+    err: str
+
+
+class Grove:
+    """Runs grove.cli.main(argv) in this process, with a clean Grove environment."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[bytes], home: Path
+    ) -> None:
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+        for name in list(os.environ):
+            if name.upper().startswith("GROVE_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+
+    def __call__(self, *args: str, stdin: bytes = b"", expect: int | None = ExitCode.OK) -> Ran:
+        self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        code = main(list(args))
+        out, err = self.capsys.readouterr()
+        ran = Ran(code, out, err.decode())
+        assert expect is None or code == expect, f"{args} exited {code}: {ran}"
+        return ran
+
+    def env(self, **variables: str) -> None:
+        for name, value in variables.items():
+            self.monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def grove(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path
+) -> Grove:
+    return Grove(monkeypatch, capsysbinary, tmp_path)
+
+
+@pytest.fixture
+def sqlite_store(grove: Grove, tmp_path: Path) -> Path:
+    """A local_sqlite store selected through the environment, as an operator would."""
+    database = tmp_path / "store.db"
+    grove.env(**local_sqlite_env(database))
+    return database
+
+
+# 1. settings
+
+
+def test_misspelt_config_settings_are_refused(grove: Grove, tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    options = ["--handler", "local_file", "--config", f"path={tmp_path / 'files'}"]
+    ran = grove(*options, "--config", "fsynk=false", "set", "a", "b", "c", expect=5)
+    assert ran.err == (
+        "grove-cache: error: --config fsynk: unknown setting for local_file; known: path, fsync\n"
+    )
+    assert not (tmp_path / "files" / "a").exists()
+    ran = grove("--handler", "local_file", "--config", "pth=/x", "get", "a", "b", expect=None)
+    assert ran.code == ExitCode.CONFIGURATION
+    assert ran.err.startswith("grove-cache: error: --config pth: unknown setting for local_file")
+
+
+def test_a_bad_value_names_where_it_came_from(grove: Grove, tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    grove.env(**local_file_env(tmp_path / "files"))
+    given = grove("--config", "fsync=maybe", "get", "a", "b", expect=ExitCode.CONFIGURATION)
+    assert given.err.startswith("grove-cache: error: --config fsync: Input should be a valid bool")
+    assert "GROVE_CACHE_LOCAL_FILE_FSYNC" not in given.err
+    grove.env(GROVE_CACHE_LOCAL_FILE_FSYNC="maybe")
+    from_env = grove("get", "a", "b", expect=ExitCode.CONFIGURATION)
+    assert from_env.err.startswith("grove-cache: error: GROVE_CACHE_LOCAL_FILE_FSYNC: Input")
+
+
+def test_unknown_prefixed_variables_are_ignored_and_shown_by_doctor(
+    grove: Grove, tmp_path: Path
+) -> None:
+    (tmp_path / "files").mkdir()
+    grove.env(**local_file_env(tmp_path / "files"), GROVE_CACHE_LOCAL_FILE_FSYNK="false")
+    grove("set", "a", "b", "c")  # a collector is not stopped by a variable it does not know
+    doctor = grove("doctor").out.decode()
+    assert (
+        "warning: GROVE_CACHE_LOCAL_FILE_FSYNK is set, but local_file has no such setting "
+        "(ignored)" in doctor
+    )
+    assert "the store works" in doctor
+
+
+def test_handler_variable_name_is_case_insensitive(grove: Grove, tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    grove.env(grove_cache_handler="local_file", grove_cache_local_file_path=str(tmp_path / "files"))
+    grove("set", "a", "b", "c")
+    assert (tmp_path / "files" / "a" / "b.cache").read_text() == "c"
+    grove.env(grove_cache_handler="Local_File")  # handler names stay exact
+    ran = grove("get", "a", "b", expect=ExitCode.CONFIGURATION)
+    assert "no cache handler named 'Local_File'" in ran.err
+
+
+@pytest.mark.parametrize(
+    ("handler", "variable", "relative"),
+    [
+        ("local_file", "GROVE_CACHE_LOCAL_FILE_PATH", "cache"),
+        ("local_sqlite", "GROVE_CACHE_LOCAL_SQLITE_PATH", "state/cache.db"),
+    ],
+)
+def test_tilde_is_the_home_directory(
+    grove: Grove,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: str,
+    variable: str,
+    relative: str,
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    grove.env(GROVE_CACHE_HANDLER=handler, **{variable: f"~/{relative}"})
+    grove("init")
+    grove("set", "a", "b", "c")
+    assert grove("get", "a", "b").out == b"c\n"
+    assert (home / relative).exists()
+    assert list(work.iterdir()) == []  # no directory named '~'
+
+
+# 5. and 6. messages that say what to do next, naming the flags given
+
+
+def test_a_missing_directory_names_the_init_command(grove: Grove, tmp_path: Path) -> None:
+    missing = tmp_path / "no such dir"
+    options = ["--handler", "local_file", "--config", f"path={missing}"]
+    for command in (["get", "a", "b"], ["ls"], ["export"]):
+        ran = grove(*options, *command, expect=ExitCode.ACCESS)
+        hint = f"; create it with: grove-cache --handler local_file --config 'path={missing}' init"
+        assert ran.err.endswith(hint + "\n"), ran.err
+        assert not missing.exists()  # reading commands never create the store
+    init = shlex.split(ran.err.rsplit("create it with: ", 1)[1])
+    assert init[0] == "grove-cache"
+    grove(*init[1:])
+    grove(*options, "get", "a", "b", expect=ExitCode.NOT_FOUND)
+
+
+def test_a_missing_table_names_the_init_command(grove: Grove, moto_endpoint: str) -> None:
+    table = f"grove-cli-missing-{uuid.uuid4().hex[:8]}"
+    grove.env(**aws_dynamodb_env(moto_endpoint, table))
+    ran = grove("get", "a", "b", expect=ExitCode.CONFIGURATION)
+    assert ran.err.endswith("; create it with: grove-cache init\n"), ran.err
+    ran = grove("--config", f"table={table}-2", "ls", expect=ExitCode.CONFIGURATION)
+    assert ran.err.endswith(f"create it with: grove-cache --config table={table}-2 init\n")
+    grove("init")
+    grove("get", "a", "b", expect=ExitCode.NOT_FOUND)
+
+
+def test_flags_are_named_as_flags(grove: Grove, sqlite_store: Path, tmp_path: Path) -> None:
+    ran = grove("--handler", "local_fiel", "get", "a", "b", expect=ExitCode.CONFIGURATION)
+    assert ran.err.startswith("grove-cache: error: --handler: no cache handler named 'local_fiel'")
+    ran = grove("migrate", "--to", "local_fiel", expect=ExitCode.CONFIGURATION)
+    assert ran.err.startswith("grove-cache: error: --to: no cache handler named 'local_fiel'")
+    ran = grove(
+        "migrate", "--to", "local_file", "--to-config", "path=", expect=ExitCode.CONFIGURATION
+    )
+    assert ran.err.startswith("grove-cache: error: --to-config path: String should have at least")
+    ran = grove("migrate", "--to", "local_file", "--to-config", "x", expect=ExitCode.USAGE)
+    assert "--to-config" in ran.err
+
+
+# 7. CLI wording
+
+
+def test_library_wording_becomes_cli_wording(grove: Grove, sqlite_store: Path) -> None:
+    ran = grove("set", "a", "b", "c", "--not-set", "--constraint", "d", expect=ExitCode.USAGE)
+    assert ran.err == "grove-cache: error: --not-set and --constraint cannot be used together\n"
+    ran = grove("ls", "--pk", "a", "--prefix", "b", expect=ExitCode.USAGE)
+    assert ran.err == "grove-cache: error: give --pk or --prefix, not both\n"
+    ran = grove("export", "--pk", "a", "--prefix", "b", expect=ExitCode.USAGE)
+    assert ran.err == "grove-cache: error: give --pk or --prefix, not both\n"
+    ran = grove("set", "a", "b", "-x", expect=ExitCode.USAGE)
+    assert ran.err.endswith("; put -- before a value that starts with -\n")
+    grove("set", "--", "a", "b", "-x")
+    assert grove("get", "a", "b").out == b"-x\n"
+    ran = grove("set", "a", "b", "-", stdin=b"ok \xff\xfe", expect=ExitCode.USAGE)
+    assert ran.err.startswith("grove-cache: error: standard input is not UTF-8 text")
+    assert grove("get", "a", "b").out == b"-x\n"
+
+
+def test_bare_command_prints_usage_and_commands(grove: Grove) -> None:
+    ran = grove(expect=ExitCode.USAGE)
+    assert ran.err.startswith("Usage: grove-cache [OPTIONS] COMMAND [ARGS]...")
+    assert "error" not in ran.err.lower().split("commands:")[0]
+    for command in ("get", "set", "delete", "ls", "export", "import", "migrate", "doctor"):
+        assert f"\n  {command} " in ran.err
+
+
+# 8. --debug and -q after the command
+
+
+def test_debug_and_quiet_go_after_the_command_too(grove: Grove, tmp_path: Path) -> None:
+    grove.env(GROVE_CACHE_HANDLER="local_file")  # no path: a configuration error
+    for arguments in (["--debug", "get", "a", "b"], ["get", "a", "b", "--debug"]):
+        ran = grove(*arguments, expect=ExitCode.CONFIGURATION)
+        assert "Traceback" in ran.err
+        assert ran.err.endswith("grove-cache: error: GROVE_CACHE_LOCAL_FILE_PATH is required\n")
+    assert "Traceback" not in grove("get", "a", "b", expect=ExitCode.CONFIGURATION).err
+    grove.env(**local_file_env(tmp_path))
+    grove("set", "a", "b", "c")
+    assert grove("export").err == "exported 1 entry\n"
+    assert grove("export", "-q").err == ""
+    assert grove("-q", "export").err == ""
+
+
+# 9. noise
+
+
+def test_embedded_default_is_announced_once_on_a_terminal_only(tmp_path: Path) -> None:
+    env = clean_environment(tmp_path)
+    assert Cli(env, "default")("doctor").stderr == b""
+    code, shown = on_terminal(env, "doctor")
+    assert code == 0
+    assert shown.count(b"embedded default at") == 1  # the handler line of doctor
+    code, shown = on_terminal(env, "ls")
+    assert code == 0
+    assert shown.count(b"using local_sqlite (embedded default at ") == 1
+    code, shown = on_terminal(env, "-q", "set", "a", "b", "c")
+    assert code == 0
+    assert shown == b""
+
+
+# 10. bench
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--keys", "0"],
+        ["--keys", "-5"],
+        ["--calls", "0"],
+        ["--calls", "1"],
+        ["--value-bytes", "-1"],
+        ["--value-bytes", str(4 * 1024 * 1024 + 1)],
+    ],
+)
+def test_bench_refuses_bad_options_before_writing(
+    grove: Grove, sqlite_store: Path, options: list[str]
+) -> None:
+    ran = grove("bench", *options, expect=ExitCode.USAGE)
+    assert f"Invalid value for '{options[0]}'" in ran.err
+    assert grove("export").out == b""
+
+
+def count_entries(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+        try:
+            return int(connection.execute("SELECT count(*) FROM entries").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)]
+)
+def test_interrupted_bench_removes_its_entries(
+    tmp_path: Path, signal_number: int, code: int
+) -> None:
+    database = tmp_path / "store.db"
+    cli = Cli({**clean_environment(tmp_path), **local_sqlite_env(database)}, "local_sqlite")
+    cli("set", "pointer.keep", "all", "mine")
+    process = subprocess.Popen(
+        [GROVE_CACHE, "bench", "--keys", "2000", "--calls", "5000"],
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(6000):
+            if count_entries(database) > 100:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the benchmark stored nothing in 60 s")
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, stderr
+    assert parse_jsonl(cli("export").stdout) == [("pointer.keep", "all", "mine")]
+
+
+def test_bench_progress_counts_operations(tmp_path: Path) -> None:
+    env = {**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "store.db")}
+    code, shown = on_terminal(env, "bench", "--keys", "10", "--calls", "10")
+    assert code == 0
+    assert b"/7 operations" in shown
+    assert b"entries" not in shown
+
+
+# 11. and 12. import
+
+
+def test_import_keeps_the_last_line_for_a_key(grove: Grove, sqlite_store: Path) -> None:
+    keys = [(f"pointer.{k}", "all") for k in range(40)]
+    lines = [(pk, sk, str(round_)) for round_ in range(50) for pk, sk in keys]
+    ran = grove("import", "-", stdin=jsonl(lines))
+    assert "2,000 written" in ran.err
+    assert parse_jsonl(grove("export").out) == sorted((pk, sk, "49") for pk, sk in keys)
+
+
+def test_import_not_set_keeps_the_first_line_for_a_key(
+    grove: Grove, tmp_path: Path, sqlite_store: Path
+) -> None:
+    keys = [(f"pointer.{k}", "all") for k in range(40)]
+    lines = [(pk, sk, str(round_)) for round_ in range(50) for pk, sk in keys]
+    ran = grove("import", "--not-set", "-", stdin=jsonl(lines))
+    assert "40 written, 1,960 skipped (already set), 0 failed" in ran.err
+    assert parse_jsonl(grove("export").out) == sorted((pk, sk, "0") for pk, sk in keys)
+
+
+def test_import_treats_deep_nesting_as_a_bad_line_and_accepts_a_bom(
+    grove: Grove, sqlite_store: Path
+) -> None:
+    data = codecs.BOM_UTF8 + jsonl([("first", "s", "1")])
+    data += b"[" * 100_000 + b"\n" + jsonl([("after", "s", "2")])
+    ran = grove("import", "-", stdin=data, expect=ExitCode.USAGE)
+    assert "grove-cache: line 2: not an entry (" in ran.err
+    assert "imported: 2 written, 0 skipped (already set), 1 failed" in ran.err
+    assert parse_jsonl(grove("export").out) == [("after", "s", "2"), ("first", "s", "1")]
+
+
+# 13. export -o
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems (as root), unmounted at the end."""
+    mounts: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mount{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_export_to_an_unwritable_place_is_an_access_error(
+    grove: Grove, sqlite_store: Path, tmp_path: Path, mounted: Callable[[str], Path]
+) -> None:
+    grove("import", "-", stdin=jsonl([(f"p{i}", "s", "v" * 1000) for i in range(200)]))
+    read_only = mounted("ro,size=1m")
+    full = mounted("size=64k")
+    places = [
+        tmp_path / "missing" / "dump.jsonl",
+        read_only / "dump.jsonl",
+        Path("/proc/x"),
+        Path("/dev/full"),
+        full / "dump.jsonl",
+    ]
+    for place in places:
+        ran = grove("export", "-o", str(place), expect=ExitCode.ACCESS)
+        assert ran.err.startswith(f"grove-cache: error: cannot write {place}: "), ran.err
+        assert "init" not in ran.err
+    assert list(full.iterdir()) == []  # no partial export, no temporary file
+
+
+def test_export_replaces_a_file_whole(grove: Grove, sqlite_store: Path, tmp_path: Path) -> None:
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text("old\n")
+    grove("set", "a", "b", "c")
+    grove("export", "-o", str(dump))
+    assert parse_jsonl(dump.read_bytes()) == [("a", "b", "c")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary
+
+
+# 14. ls on a terminal
+
+
+def test_ls_on_a_terminal_shows_stored_text_literally(tmp_path: Path) -> None:
+    cli = Cli({**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "s.db")}, "x")
+    cli(
+        "import",
+        "-",
+        input=jsonl(
+            [
+                ("[bold red]RED[/bold red]", "s", "[link=http://127.0.0.1/]click[/link]"),
+                ("[/x]", "\x1b]0;title\x07", "x\x1b[31mred"),
+            ]
+        ),
+    )
+    code, shown = on_terminal(cli.env, "ls")
+    assert code == 0, shown
+    assert b"[bold red]RED[/bold red]" in shown
+    assert b"[link=http://127.0.0.1/]click[/link]" in shown
+    assert b"[/x]" in shown
+    assert b"\x1b]" not in shown  # no OSC sequence: no title, no hyperlink
+    assert b"\x07" not in shown
+    assert b"\x1b[31m" not in shown
+    assert b"\\x1b]0;title" in shown.replace(b"\x1b[0m", b"").replace(b"\x1b[7m", b"")
+
+
+# 15. and 16. migrate
+
+
+def test_migrate_not_set_keeps_newer_destination_entries(
+    grove: Grove, sqlite_store: Path, tmp_path: Path
+) -> None:
+    grove("import", "-", stdin=jsonl([("pointer.a", "all", "old"), ("pointer.b", "all", "1")]))
+    target = tmp_path / "target"
+    to = ["--to", "local_file", "--to-config", f"path={target}"]
+    destination = ["--handler", "local_file", "--config", f"path={target}"]
+    grove(*destination, "init")
+    grove(*destination, "set", "pointer.a", "all", "newer")
+
+    dry = grove("migrate", *to, "--dry-run", "--not-set")
+    assert "dry run: 2 entries: 1 would be new, 1 would be skipped (already at" in dry.err
+    ran = grove("migrate", *to, "--not-set")
+    assert ": 1 new, 1 skipped (already at the destination), 0 failed; verified 1," in ran.err
+    assert grove(*destination, "get", "pointer.a", "all").out == b"newer\n"
+    assert grove(*destination, "get", "pointer.b", "all").out == b"1\n"
+
+    dry = grove("migrate", *to, "--dry-run")
+    assert "0 would be new, 1 already equal, 1 would be overwritten (the destination" in dry.err
+    ran = grove("migrate", *to)
+    assert (
+        ": 0 new, 1 unchanged, 1 overwritten (the destination held a different value), "
+        "0 failed; verified 1, 0 mismatched" in ran.err
+    )
+    assert grove(*destination, "get", "pointer.a", "all").out == b"old\n"
+
+
+def test_progress_has_a_total_where_it_is_known(tmp_path: Path) -> None:
+    env = {**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "s.db")}
+    source = tmp_path / "entries.jsonl"
+    source.write_bytes(jsonl([(f"p{i}", "s", "v" * 100) for i in range(3000)]))
+    code, shown = on_terminal(env, "import", str(source))
+    assert code == 0
+    assert b"importing" in shown
+    assert b"%" in shown
+    assert b"eta" in shown
+    assert b"kB" in shown  # the file's size is the total
+    target = tmp_path / "target"
+    target.mkdir()
+    code, shown = on_terminal(env, "migrate", "--to", "local_file", "--to-config", f"path={target}")
+    assert code == 0, shown
+    assert b"/3,000 entries" in shown
+    assert b"eta" in shown
+
+
+# 17. the Quick start's session: see tests/test_examples.py

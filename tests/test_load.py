@@ -196,8 +196,8 @@ def test_settings_beat_the_environment(monkeypatch: pytest.MonkeyPatch, third_pa
     assert create("acme").setup_calls == 0  # type: ignore[attr-defined]
 
 
-def test_invalid_settings_name_the_variable(third_party: Path) -> None:
-    with pytest.raises(ConfigurationException, match="GROVE_CACHE_ACME_RETRIES"):
+def test_invalid_settings_name_the_setting(third_party: Path) -> None:
+    with pytest.raises(ConfigurationException, match=r"^setting 'retries': .*integer"):
         load("acme", settings={"endpoint": "x", "retries": "many"})
 
 

@@ -8,35 +8,59 @@ ones included.
 The handler is ``--handler NAME`` or ``GROVE_CACHE_HANDLER``, configured by its own
 environment variables or ``--config FIELD=VALUE``. With nothing configured the command
 line uses an embedded durable store, ``local_sqlite`` at
-``$XDG_STATE_HOME/grove/cache.db``, and says so; never ``local_memory``, whose entries
-would vanish when the command exits.
+``$XDG_STATE_HOME/grove/cache.db``, and says so on a terminal; never ``local_memory``,
+whose entries would vanish when the command exits.
+
+Commands that only read (``get``, ``ls``, ``export``, the source of ``migrate``, and
+``migrate --dry-run``) do not call ``setup()`` on a handler that can create its storage,
+because ``setup()`` creates a missing store: a mistyped path is reported, with the
+``grove-cache init`` command that would create it, instead of becoming a new, empty store.
 
 Exit codes: 0 success, 1 unexpected error, 2 usage error (including keys or values that
 break the rules), 3 not found, 4 condition not met, 5 configuration error, 6 access
-error. Errors are one line on stderr; ``--debug`` adds the traceback.
+error. Errors are one line on stderr; ``--debug`` (before or after the command) adds the
+traceback.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import enum
 import json
 import os
+import shlex
+import signal
+import stat
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any, TypeVar
 
 try:
     import click
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
+    from rich.text import Text
 except ImportError as missing:  # pragma: no cover - depends on the install
     raise SystemExit(
         f"grove-cache needs the 'cli' extra ({missing.name} is missing): "
@@ -45,8 +69,9 @@ except ImportError as missing:  # pragma: no cover - depends on the install
 
 import pydantic
 
-from grove.caches import HANDLER_ENV, BaseCache, CacheEntry, create
+from grove.caches import HANDLER_ENV, BaseCache, CacheEntry, create, local_sqlite, names
 from grove.caches.benchmark import OPERATIONS, Workload, measure
+from grove.caches.configuration import HandlerConfiguration, handler_from_environment
 from grove.exceptions import (
     AccessException,
     ConfigurationException,
@@ -90,6 +115,10 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     return ExitCode.UNEXPECTED
 
 
+class OutputError(AccessException):
+    """The file a command writes to cannot be written (not the store's fault)."""
+
+
 DEFAULT_STORE_HANDLER = "local_sqlite"
 """The embedded store the command line uses when no handler is configured."""
 
@@ -104,122 +133,316 @@ def default_store_path() -> Path:
     return Path(state_home) / "grove" / "cache.db"
 
 
-def parse_settings(pairs: Sequence[str]) -> dict[str, str]:
+def parse_settings(pairs: Sequence[str], option: str = "--config") -> dict[str, str]:
     """Turn ``FIELD=VALUE`` options into handler settings.
 
     :param pairs: The options as given.
+    :param option: The option they were given with, for messages.
     :raises click.BadParameter: An option has no ``=``.
     :return: Field name to value.
     """
     settings = {}
     for pair in pairs:
         name, separator, value = pair.partition("=")
-        if not separator or not name:
-            raise click.BadParameter(f"{pair!r} is not FIELD=VALUE", param_hint="--config")
+        if not separator or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not FIELD=VALUE", param_hint=option)
         settings[name.strip().lower()] = value
     return settings
 
 
+def plural(count: int, singular: str, plural_form: str) -> str:
+    """Say a count with its noun: ``1 entry``, ``2,000 entries``."""
+    return f"{count:,} {singular if count == 1 else plural_form}"
+
+
 @dataclass
 class Store:
-    """The handler a command works on, and how it was chosen."""
+    """A handler a command works on, how it was chosen, and the options that chose it."""
 
     name: str
     handler: BaseCache
     origin: str
+    options: tuple[str, ...] = ()
+    """The command-line options that select this store and its settings, as typed."""
     embedded_default: bool = False
 
     @classmethod
-    def resolve(cls, name: str | None, settings: dict[str, str]) -> Store:
+    def resolve(
+        cls,
+        name: str | None,
+        settings: dict[str, str],
+        *,
+        handler_option: str = "--handler",
+        config_option: str = "--config",
+    ) -> Store:
         """Pick and construct the handler (without setup).
 
-        :param name: ``--handler``, or ``None``.
-        :param settings: ``--config`` settings.
-        :raises ConfigurationException: The handler or its configuration is invalid.
+        :param name: The handler option's value, or ``None``.
+        :param settings: The settings given with the config option.
+        :param handler_option: The option that named the handler, for messages.
+        :param config_option: The option that gave the settings, for messages.
+        :raises ConfigurationException: The handler or its configuration is invalid; the
+            message names the option or environment variable at fault.
         :return: The chosen store.
         """
-        if name is None:
-            name = os.environ.get(HANDLER_ENV, "").strip() or None
-            origin = f"from {HANDLER_ENV}"
+        options: list[str] = []
+        if name is not None:
+            installed = names()
+            if name not in installed:
+                raise ConfigurationException(
+                    f"{handler_option}: no cache handler named {name!r}; installed: "
+                    + ", ".join(installed)
+                )
+            origin = f"from {handler_option}"
+            options += ["--handler", name]
         else:
-            origin = "from --handler"
+            name = handler_from_environment()
+            origin = f"from {HANDLER_ENV}"
+        for setting, value in settings.items():
+            options += ["--config", f"{setting}={value}"]
         if name is None:
-            path = default_store_path()
-            settings = {"path": str(path), **settings}
+            settings = {"path": str(default_store_path()), **settings}
+            handler = create(DEFAULT_STORE_HANDLER, settings=settings, settings_label=config_option)
+            path = handler.path if isinstance(handler, local_sqlite.Handler) else settings["path"]
             return cls(
                 DEFAULT_STORE_HANDLER,
-                create(DEFAULT_STORE_HANDLER, settings=settings),
+                handler,
                 f"embedded default at {path}; set {HANDLER_ENV} or --handler to choose another",
+                tuple(options),
                 embedded_default=True,
             )
-        return cls(name, create(name, settings=settings), origin)
+        return cls(
+            name,
+            create(name, settings=settings, settings_label=config_option),
+            origin,
+            tuple(options),
+        )
 
     def describe(self) -> str:
         """Say which store this is, for a status line."""
         return f"{self.name} ({self.origin})"
 
+    def init_command(self) -> str | None:
+        """Return the ``grove-cache init`` command that creates this store, if it can.
+
+        :return: The command line, with the options that selected the store, or ``None``
+            when the handler has nothing it can create.
+        """
+        if type(self.handler).create_storage is BaseCache.create_storage:
+            return None
+        return shlex.join(["grove-cache", *self.options, "init"])
+
+    def add_init_hint(self, exc: BaseException) -> None:
+        """When a failure says this store does not exist, add how to create it.
+
+        The hint is an exception note (:pep:`678`), shown after the message.
+
+        :param exc: The failure.
+        """
+        command = self.init_command()
+        if (
+            command is None
+            or isinstance(exc, OutputError)
+            or getattr(exc, "__notes__", None)
+            or not _storage_missing(exc)
+        ):
+            return
+        exc.add_note(f"create it with: {command}")
+
+
+def _storage_missing(exc: BaseException) -> bool:
+    """Tell whether a failure, or one of its causes, says the storage itself is missing.
+
+    A missing cache directory or database file (``FileNotFoundError``), a missing
+    DynamoDB table (``ResourceNotFoundException``).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FileNotFoundError) or _is_missing_table(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - the aws extra is optional
+    except ImportError:
+        return False
+    return (
+        isinstance(exc, ClientError)
+        and exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+    )
+
+
+def _message(exc: BaseException) -> str:
+    """One line for an error: the first line of its message, then its notes."""
+    text = str(exc)
+    first = text.splitlines()[0] if text.strip() else type(exc).__name__
+    return "; ".join([first, *getattr(exc, "__notes__", ())])
+
+
+class Meter:
+    """Advances a progress display, or does nothing when none is shown."""
+
+    def __init__(self, progress: Progress | None = None, *, by_size: bool = False) -> None:
+        self._progress = progress
+        self._task = progress.add_task("", count=0) if progress is not None else None
+        self._by_size = by_size
+        self.count = 0
+
+    def describe(self, description: str, total: int | None) -> None:
+        """Set what is being done and how much of it there is."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description, total=total)
+
+    def advance(self, count: int = 1, *, size: int = 0) -> None:
+        """Count ``count`` entries done, and ``size`` bytes read when measuring bytes."""
+        self.count += count
+        if self._progress is not None and self._task is not None:
+            step = size if self._by_size else count
+            self._progress.update(self._task, advance=step, count=self.count)
+
 
 @dataclass
 class Context:
-    """What every command shares: options and the consoles."""
+    """What every command shares: options, the consoles, the store."""
 
-    handler_name: str | None
-    settings: dict[str, str]
-    debug: bool
-    quiet: bool
+    handler_name: str | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    debug: bool = False
+    quiet: bool = False
     out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     err: Console = field(
         default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
     )
     _store: Store | None = None
+    _set_up: bool = False
+    _announced: bool = False
 
-    def store(self, *, set_up: bool = True) -> Store:
-        """Resolve the store once; set it up unless told not to.
+    def store(self) -> Store:
+        """Resolve the store once, without setting it up or saying anything.
 
-        :param set_up: Call the handler's ``setup()`` (``init`` does not: the storage
-            may not exist yet).
         :return: The store.
         """
         if self._store is None:
             self._store = Store.resolve(self.handler_name, self.settings)
-            if self._store.embedded_default:
-                self.note(f"using {self._store.describe()}")
-            if set_up:
-                self._store.handler.setup()
         return self._store
 
-    def cache(self) -> BaseCache:
-        """The ready handler."""
-        return self.store().handler
+    def cache(self, *, writes: bool, announce: bool = True) -> BaseCache:
+        """The handler, set up as the command needs, after saying which one it is.
+
+        :param writes: The command may write. ``setup()``, which may create a missing
+            store, runs only then, or when the handler cannot create its storage (it may
+            need ``setup()`` before any call, as Grove always calls it).
+        :param announce: Say on a terminal that the embedded default store is used (once).
+        :return: The handler.
+        """
+        store = self.store()
+        if announce and store.embedded_default and not self._announced:
+            self._announced = True
+            if self.err.is_terminal:
+                self.note(f"using {store.describe()}")
+        if not self._set_up and (writes or store.init_command() is None):
+            store.handler.setup()
+            self._set_up = True
+        return store.handler
 
     def note(self, message: str) -> None:
         """Tell the operator something on stderr, unless ``--quiet``."""
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(Text(message))
+
+    def report(self, exc: BaseException, store: Store | None = None) -> ExitCode:
+        """Say why the command failed, in one line on stderr (``--debug``: the traceback).
+
+        :param exc: The failure.
+        :param store: The store that failed (default: the command's store, if resolved),
+            whose ``grove-cache init`` command is named when the failure says it is missing.
+        :return: The exit code for the failure.
+        """
+        if self.debug:
+            traceback.print_exception(exc)
+        store = store or self._store
+        if store is not None:
+            store.add_init_hint(exc)
+        print(f"grove-cache: error: {_message(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether progress is displayed: on a terminal, unless ``--quiet``."""
+        return not self.quiet and self.err.is_terminal
 
     @contextlib.contextmanager
-    def progress(self, description: str) -> Iterator[Callable[[int], None]]:
-        """Show a progress counter on a terminal; stay silent in pipes.
+    def progress(
+        self,
+        description: str,
+        *,
+        total: int | None = None,
+        unit: str = "entries",
+        by_size: bool = False,
+    ) -> Iterator[Meter]:
+        """Show progress on a terminal; stay silent in pipes.
 
-        :param description: What is being counted.
-        :return: A function that advances the counter by n.
+        :param description: What is being done.
+        :param total: How many entries (or bytes, with ``by_size``) there are, when known:
+            the display then has a bar, a percentage and the time remaining.
+        :param unit: What is counted.
+        :param by_size: ``total`` is a size in bytes (a file being read); the count of
+            entries is shown beside it.
+        :return: The meter to advance.
         """
-        if self.quiet or not self.err.is_terminal:
-            yield lambda _n: None
+        if not self.shows_progress:
+            yield Meter()
             return
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TextColumn("{task.completed:,} entries"),
-            TimeElapsedColumn(),
-            console=self.err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(description, total=None)
-            yield lambda n: bar.advance(task, n)
+        columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.description}")]
+        count = TextColumn("{task.fields[count]:,} " + unit)
+        if total is None:
+            columns += [count, TimeElapsedColumn()]
+        else:
+            columns.append(BarColumn())
+            if by_size:
+                columns += [DownloadColumn(), count]
+            else:
+                columns.append(TextColumn("{task.completed:,}/{task.total:,} " + unit))
+            columns += [TaskProgressColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns, console=self.err, transient=True) as display:
+            meter = Meter(display, by_size=by_size)
+            meter.describe(description, total)
+            yield meter
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+    def callback(context: click.Context, _parameter: click.Parameter, value: bool) -> None:
+        if value:
+            setattr(context.ensure_object(Context), name, True)
+
+    return callback
+
+
+def _anywhere(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept ``--debug`` and ``-q`` after the command too (``grove-cache bench --debug``)."""
+    function = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_flag("quiet"),
+        help="No status lines or progress on stderr.",
+    )(function)
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_flag("debug"),
+        help="Show tracebacks.",
+    )(function)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -236,19 +459,17 @@ pass_context = click.make_pass_decorator(Context)
     metavar="FIELD=VALUE",
     help="A handler setting that wins over its environment variable (repeatable).",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.option("-q", "--quiet", is_flag=True, help="No status lines or progress on stderr.")
+@_anywhere
 @click.version_option(package_name="grove-caches", prog_name="grove-cache")
 @click.pass_context
-def cli(
-    context: click.Context,
-    handler_name: str | None,
-    config_pairs: tuple[str, ...],
-    debug: bool,
-    quiet: bool,
-) -> None:
-    """Inspect, repair, move and check a Grove cache."""
-    context.obj = Context(handler_name, parse_settings(config_pairs), debug, quiet)
+def cli(context: click.Context, handler_name: str | None, config_pairs: tuple[str, ...]) -> None:
+    """Inspect, repair, move and check a Grove cache.
+
+    --debug and -q go before or after the command.
+    """
+    state = context.ensure_object(Context)
+    state.handler_name = handler_name
+    state.settings = parse_settings(config_pairs)
 
 
 # -- single entries ------------------------------------------------------------------
@@ -258,10 +479,11 @@ def cli(
 @click.argument("pk")
 @click.argument("sk")
 @click.option("-n", "--no-newline", is_flag=True, help="Write the value exactly, nothing after.")
+@_anywhere
 @pass_context
 def get(context: Context, pk: str, sk: str, no_newline: bool) -> None:
     """Print the value stored under PK SK."""
-    value = context.cache().get(pk, sk)
+    value = context.cache(writes=False).get(pk, sk)
     _write_text(value if no_newline else value + "\n")
 
 
@@ -271,24 +493,37 @@ def get(context: Context, pk: str, sk: str, no_newline: bool) -> None:
 @click.argument("value")
 @click.option("--not-set", is_flag=True, help="Only if nothing is stored yet (take a lock).")
 @click.option("--constraint", metavar="OLD", help="Only if the stored value is exactly OLD.")
+@_anywhere
 @pass_context
 def set_(
     context: Context, pk: str, sk: str, value: str, not_set: bool, constraint: str | None
 ) -> None:
-    """Store VALUE under PK SK; VALUE '-' reads it from stdin, exactly."""
+    """Store VALUE under PK SK; VALUE '-' reads it from stdin, exactly.
+
+    A VALUE that starts with '-' goes after '--': grove-cache set -- PK SK -1.
+    """
+    if not_set and constraint is not None:
+        raise click.UsageError("--not-set and --constraint cannot be used together")
     if value == "-":
-        value = sys.stdin.buffer.read().decode("utf-8")
-    context.cache().set(pk, sk, value, not_set=not_set, constraint=constraint)
+        data = sys.stdin.buffer.read()
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.UsageError(
+                f"standard input is not UTF-8 text (byte {exc.start:,} of {len(data):,})"
+            ) from exc
+    context.cache(writes=True).set(pk, sk, value, not_set=not_set, constraint=constraint)
 
 
 @cli.command()
 @click.argument("pk")
 @click.argument("sk")
 @click.option("--constraint", metavar="OLD", help="Only if the stored value is exactly OLD.")
+@_anywhere
 @pass_context
 def delete(context: Context, pk: str, sk: str, constraint: str | None) -> None:
     """Remove the entry under PK SK (no error when absent, unless --constraint)."""
-    context.cache().delete(pk, sk, constraint=constraint)
+    context.cache(writes=True).delete(pk, sk, constraint=constraint)
 
 
 # -- many entries --------------------------------------------------------------------
@@ -302,6 +537,8 @@ def _selection(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _listed(cache: BaseCache, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+    if pk is not None and prefix is not None:
+        raise click.UsageError("give --pk or --prefix, not both")
     if not cache.supports_listing():
         raise NotImplementedError(
             f"{type(cache).__module__} cannot list entries, so this command cannot run on it"
@@ -313,18 +550,30 @@ def _json_line(entry: CacheEntry) -> str:
     return json.dumps({"pk": entry.pk, "sk": entry.sk, "value": entry.value}, ensure_ascii=False)
 
 
-def _preview(text: str, width: int = 60) -> str:
-    shown = text if len(text) <= width else text[: width - 1] + "\u2026"
-    return shown.encode("unicode_escape").decode("ascii") if not shown.isprintable() else shown
+def _shown(text: str, width: int = 60) -> Text:
+    """Show stored text in a table cell: literally, never as markup.
+
+    Cut to ``width`` characters; control and other invisible characters (ESC, BEL, a
+    bidirectional override) are shown as escapes in reverse video, never sent raw.
+    """
+    cut = text if len(text) <= width else text[: width - 1] + "\u2026"
+    shown = Text()
+    for character in cut:
+        if character.isprintable():
+            shown.append(character)
+        else:
+            shown.append(character.encode("unicode_escape").decode("ascii"), style="reverse")
+    return shown
 
 
 @cli.command(name="ls")
 @_selection
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+@_anywhere
 @pass_context
 def list_(context: Context, pk: str | None, prefix: str | None, as_json: bool) -> None:
     """List entries: a table on a terminal, JSON Lines with --json or in a pipe."""
-    entries = _listed(context.cache(), pk, prefix)
+    entries = _listed(context.cache(writes=False), pk, prefix)
     if as_json or not context.out.is_terminal:
         for entry in entries:
             _write_text(_json_line(entry) + "\n")
@@ -333,32 +582,35 @@ def list_(context: Context, pk: str | None, prefix: str | None, as_json: bool) -
     count = 0
     for entry in entries:
         table.add_row(
-            _preview(entry.pk), _preview(entry.sk), _preview(entry.value), str(len(entry.value))
+            _shown(entry.pk),
+            _shown(entry.sk),
+            _shown(entry.value),
+            f"{len(entry.value.encode('utf-8')):,}",
         )
         count += 1
     context.out.print(table)
-    context.note(f"{count:,} entries")
+    context.note(plural(count, "entry", "entries"))
 
 
 @cli.command()
 @_selection
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout)."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File (default stdout); written whole or not at all.",
 )
+@_anywhere
 @pass_context
 def export(context: Context, pk: str | None, prefix: str | None, output: Path | None) -> None:
     """Write entries as JSON Lines: {"pk": ..., "sk": ..., "value": ...}."""
-    entries = _listed(context.cache(), pk, prefix)
-    count = 0
-    with (
-        _open_output(output) as stream,
-        context.progress("exporting") as advance,
-    ):
+    entries = _listed(context.cache(writes=False), pk, prefix)
+    with _open_output(output) as stream, context.progress("exporting") as meter:
         for entry in entries:
             stream.write((_json_line(entry) + "\n").encode("utf-8"))
-            count += 1
-            advance(1)
-    context.note(f"exported {count:,} entries" + (f" to {output}" if output else ""))
+            meter.advance()
+    exported = plural(meter.count, "entry", "entries")
+    context.note(f"exported {exported}" + (f" to {output}" if output else ""))
 
 
 @dataclass
@@ -374,13 +626,15 @@ class ImportReport:
         """Count a failed entry and say why on stderr."""
         self.failed += 1
         self.first_failure = self.first_failure or exc
-        context.err.print(f"grove-cache: {where}: {exc}", markup=False)
+        context.err.print(Text(f"grove-cache: {where}: {_message(exc)}"))
 
 
 def _read_entries(
-    lines: Iterable[bytes], report: ImportReport, context: Context
+    lines: Iterable[bytes], report: ImportReport, context: Context, meter: Meter
 ) -> Iterator[tuple[int, CacheEntry]]:
-    for number, line in enumerate(lines, start=1):
+    for number, read in enumerate(lines, start=1):
+        meter.advance(0, size=len(read))
+        line = read.removeprefix(codecs.BOM_UTF8) if number == 1 else read
         if not line.strip():
             continue
         try:
@@ -388,30 +642,51 @@ def _read_entries(
             entry = CacheEntry(record["pk"], record["sk"], record["value"])
             if not all(isinstance(part, str) for part in entry):
                 raise TypeError("pk, sk and value must be strings")
-        except (ValueError, KeyError, TypeError) as exc:
-            report.fail(f"line {number}", ValueError(f"not an entry ({exc})"), context)
+        # RecursionError: JSON nested too deeply, a bad line like any other.
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            report.fail(f"line {number}", ValueError(f"not an entry ({_message(exc)})"), context)
             continue
         yield number, entry
 
 
+def _size_of(stream: IO[bytes]) -> int | None:
+    """Return how many bytes are left to read, when the stream is a regular file."""
+    try:
+        status = os.fstat(stream.fileno())
+        return status.st_size - stream.tell() if stat.S_ISREG(status.st_mode) else None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
 @cli.command(name="import")
 @click.argument("source", type=click.File("rb"))
-@click.option("--not-set", is_flag=True, help="Never overwrite: skip entries already stored.")
-@click.option("--workers", default=8, show_default=True, help="Parallel writes.")
+@click.option(
+    "--not-set", is_flag=True, help="Never overwrite: skip entries already stored (first wins)."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel writes."
+)
+@_anywhere
 @pass_context
 def import_(context: Context, source: IO[bytes], not_set: bool, workers: int) -> None:
-    """Store the entries of a JSON Lines file (as written by export); '-' is stdin."""
-    cache = context.cache()
+    """Store the entries of a JSON Lines file (as written by export); '-' is stdin.
+
+    Lines are stored as if one after another: for a key given more than once the last
+    line wins (with --not-set, the first).
+    """
+    cache = context.cache(writes=True)
     report = ImportReport()
 
     def write(item: tuple[int, CacheEntry]) -> None:
         _, entry = item
         cache.set(entry.pk, entry.sk, entry.value, not_set=not_set)
 
-    with context.progress("importing") as advance:
-        items = _read_entries(source, report, context)
-        for (number, _entry), error in _run_parallel(write, items, workers):
-            advance(1)
+    with context.progress("importing", total=_size_of(source), by_size=True) as meter:
+        items = _read_entries(source, report, context, meter)
+        for (number, _entry), error in _run_parallel(
+            write, items, workers, key=lambda item: item[1][:2]
+        ):
+            meter.advance()
             if error is None:
                 report.written += 1
             elif isinstance(error, DataFormatException) and not_set:
@@ -419,12 +694,108 @@ def import_(context: Context, source: IO[bytes], not_set: bool, workers: int) ->
             else:
                 report.fail(f"line {number}", error, context)
     context.err.print(
-        f"imported: {report.written:,} written, {report.skipped:,} skipped (already set), "
-        f"{report.failed:,} failed",
-        markup=False,
+        Text(
+            f"imported: {report.written:,} written, {report.skipped:,} skipped (already set), "
+            f"{report.failed:,} failed"
+        )
     )
     if report.first_failure is not None:
         raise SystemExit(exit_code_for(report.first_failure))
+
+
+class Copied(enum.Enum):
+    """What ``migrate`` did with one entry."""
+
+    NEW = "new"
+    """The destination lacked it; copied."""
+    UNCHANGED = "unchanged"
+    """The destination held the same value; nothing written."""
+    OVERWRITTEN = "overwritten"
+    """The destination held a different value; replaced."""
+    KEPT = "kept"
+    """``--not-set``: the destination held a value; left as it was."""
+
+
+class Mismatch(DataFormatException):
+    """A copy read back from the destination differs from the source."""
+
+
+def _copy(target: BaseCache, entry: CacheEntry, *, not_set: bool, dry_run: bool) -> Copied:
+    """Copy one entry; with ``dry_run``, only read the destination and say what would happen.
+
+    A first ``not_set`` write both copies an entry the destination lacks and finds out,
+    without a read, whether it was there: a fresh destination costs one write and one
+    verifying read per entry, as a plain copy would.
+    """
+    pk, sk, value = entry
+    if dry_run:
+        try:
+            found = target.get(pk, sk)
+        except NotFoundException:
+            return Copied.NEW
+        if found == value:
+            return Copied.UNCHANGED
+        return Copied.KEPT if not_set else Copied.OVERWRITTEN
+    try:
+        target.set(pk, sk, value, not_set=True)
+    except DataFormatException:
+        if not_set:
+            return Copied.KEPT
+        try:
+            if target.get(pk, sk) == value:
+                return Copied.UNCHANGED
+            outcome = Copied.OVERWRITTEN
+        except NotFoundException:  # deleted meanwhile
+            outcome = Copied.NEW
+        target.set(pk, sk, value)
+    else:
+        outcome = Copied.NEW
+    if target.get(pk, sk) != value:
+        raise Mismatch(f"{pk!r} {sk!r} differs at the destination after the copy")
+    return outcome
+
+
+@dataclass
+class MigrateReport:
+    """What ``migrate`` did, entry by entry."""
+
+    not_set: bool
+    dry_run: bool
+    tally: dict[Copied, int] = field(default_factory=lambda: dict.fromkeys(Copied, 0))
+    failed: int = 0
+    mismatched: int = 0
+    first_failure: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Count an entry that could not be copied (or compared)."""
+        self.failed += 1
+        self.mismatched += isinstance(exc, Mismatch)
+        self.first_failure = self.first_failure or exc
+
+    def summary(self, seconds: float) -> str:
+        """Say what was done, in one line."""
+        tally = self.tally
+        done = sum(tally.values()) + self.failed
+        new, unchanged = tally[Copied.NEW], tally[Copied.UNCHANGED]
+        overwritten, kept = tally[Copied.OVERWRITTEN], tally[Copied.KEPT]
+        would = "would be " if self.dry_run else ""
+        parts = [f"{new:,} {would}new"]
+        if self.not_set:
+            parts.append(f"{unchanged + kept:,} {would}skipped (already at the destination)")
+        else:
+            parts += [
+                f"{unchanged:,} {'already equal' if self.dry_run else 'unchanged'}",
+                f"{overwritten:,} {would}overwritten (the destination held a different value)",
+            ]
+        parts.append(f"{self.failed:,} failed")
+        if self.dry_run:
+            return f"dry run: {plural(done, 'entry', 'entries')}: {', '.join(parts)}"
+        rate = done / seconds if seconds > 0 else float(done)
+        return (
+            f"migrated {plural(done, 'entry', 'entries')} in {seconds:.1f} s "
+            f"({rate:,.0f} entries/s): {', '.join(parts)}; "
+            f"verified {new + overwritten:,}, {self.mismatched:,} mismatched"
+        )
 
 
 @cli.command()
@@ -436,71 +807,74 @@ def import_(context: Context, source: IO[bytes], not_set: bool, workers: int) ->
     metavar="FIELD=VALUE",
     help="A destination setting that wins over its environment variable (repeatable).",
 )
-@click.option("--dry-run", is_flag=True, help="Count what would be copied; write nothing.")
-@click.option("--workers", default=8, show_default=True, help="Parallel copies.")
+@click.option(
+    "--not-set",
+    is_flag=True,
+    help="Copy only entries the destination lacks; never overwrite one it holds.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Compare with the destination and report; write nothing."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel copies."
+)
+@_anywhere
 @pass_context
 def migrate(
     context: Context,
     target_name: str,
     target_pairs: tuple[str, ...],
+    not_set: bool,
     dry_run: bool,
     workers: int,
 ) -> None:
-    """Copy every entry to another handler, then re-read each one to verify it."""
-    source = context.cache()
-    target = create(target_name, settings=parse_settings(target_pairs))
-    target.setup()
-    context.note(f"from {context.store().describe()} to {target_name}")
+    """Copy every entry to another handler, reading each copy back to verify it.
 
-    started = time.perf_counter()
-    copied = failed = 0
-    if dry_run:
-        with context.progress("counting") as advance:
-            for _ in _listed(source, None, None):
-                copied += 1
-                advance(1)
-        context.err.print(f"dry run: {copied:,} entries would be copied", markup=False)
-        return
-
-    def copy(entry: CacheEntry) -> None:
-        target.set(entry.pk, entry.sk, entry.value)
-
-    def verify(entry: CacheEntry) -> None:
-        if target.get(entry.pk, entry.sk) != entry.value:
-            raise DataFormatException(f"{entry.pk!r} {entry.sk!r} differs after the copy")
-
-    first_failure: BaseException | None = None
-    with context.progress("copying") as advance:
-        for entry, error in _run_parallel(copy, _listed(source, None, None), workers):
-            advance(1)
-            if error is None:
-                copied += 1
-            else:
-                failed += 1
-                first_failure = first_failure or error
-                context.err.print(
-                    f"grove-cache: copy of {entry.pk!r} {entry.sk!r}: {error}", markup=False
-                )
-    copy_seconds = time.perf_counter() - started
-
-    verified = mismatched = 0
-    with context.progress("verifying") as advance:
-        for _entry, error in _run_parallel(verify, _listed(source, None, None), workers):
-            advance(1)
-            if error is None:
-                verified += 1
-            else:
-                mismatched += 1
-                first_failure = first_failure or error
-                context.err.print(f"grove-cache: verify: {error}", markup=False)
-    rate = copied / copy_seconds if copy_seconds > 0 else float(copied)
-    context.err.print(
-        f"migrated: {copied:,} copied in {copy_seconds:.1f} s ({rate:,.0f} entries/s), "
-        f"{failed:,} failed; verified {verified:,}, {mismatched:,} mismatched",
-        markup=False,
+    Reports how many entries were new at the destination, unchanged, and overwritten
+    because the destination held a different value (or, with --not-set, kept).
+    """
+    source_store = context.store()
+    source = context.cache(writes=False, announce=False)
+    target = Store.resolve(
+        target_name,
+        parse_settings(target_pairs, "--to-config"),
+        handler_option="--to",
+        config_option="--to-config",
     )
-    if first_failure is not None:
-        raise SystemExit(exit_code_for(first_failure))
+    if not dry_run:
+        try:
+            target.handler.setup()
+        except GroveException as exc:
+            raise SystemExit(context.report(exc, target)) from exc
+    context.note(f"from {source_store.describe()} to {target.describe()}")
+
+    total = None
+    if context.shows_progress:
+        with context.progress("counting") as meter:
+            for _ in _listed(source, None, None):
+                meter.advance()
+        total = meter.count
+
+    def copy(entry: CacheEntry) -> Copied:
+        return _copy(target.handler, entry, not_set=not_set, dry_run=dry_run)
+
+    report = MigrateReport(not_set=not_set, dry_run=dry_run)
+    started = time.perf_counter()
+    with context.progress("comparing" if dry_run else "copying", total=total) as meter:
+        for entry, outcome in _run_parallel(copy, _listed(source, None, None), workers):
+            meter.advance()
+            if isinstance(outcome, Copied):
+                report.tally[outcome] += 1
+                continue
+            if _storage_missing(outcome):  # every other entry would fail the same way
+                raise SystemExit(context.report(outcome, target))
+            report.fail(outcome)
+            context.err.print(
+                Text(f"grove-cache: copy of {entry.pk!r} {entry.sk!r}: {_message(outcome)}")
+            )
+    context.err.print(Text(report.summary(time.perf_counter() - started)))
+    if report.first_failure is not None:
+        raise SystemExit(exit_code_for(report.first_failure))
 
 
 # -- operations ----------------------------------------------------------------------
@@ -520,15 +894,27 @@ def _masked_settings(handler: BaseCache) -> list[tuple[str, str]]:
     return shown
 
 
+def _ignored_variables(handler: BaseCache) -> list[str]:
+    config = getattr(handler, "config", None)
+    if not isinstance(config, HandlerConfiguration):
+        return []
+    return type(config).unknown_variables()
+
+
 @cli.command()
+@_anywhere
 @pass_context
 def doctor(context: Context) -> None:
     """Show the configuration and check the store with a scratch round trip."""
     out = context.out
-    store = context.store(set_up=False)
-    out.print(f"handler: {store.describe()}", markup=False)
+    store = context.store()
+    out.print(Text(f"handler: {store.describe()}"))
     for name, text in _masked_settings(store.handler):
-        out.print(f"  {name} = {text}", markup=False)
+        out.print(Text(f"  {name} = {text}"))
+    for variable in _ignored_variables(store.handler):
+        out.print(
+            Text(f"  warning: {variable} is set, but {store.name} has no such setting (ignored)")
+        )
     cache = store.handler
     pk, sk = f"grove-cache.doctor.{uuid.uuid4().hex}", "check"
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -553,10 +939,11 @@ def doctor(context: Context) -> None:
         try:
             step()
         except Exception as exc:
-            out.print(f"[red]FAIL[/red] {label}: {exc}")
+            store.add_init_hint(exc)
+            out.print(Text.assemble(("FAIL", "red"), f" {label}: {_message(exc)}"))
             failure = exc
             break
-        out.print(f"[green]ok[/green]   {label}")
+        out.print(Text.assemble(("ok", "green"), f"   {label}"))
     if failure is not None:
         with contextlib.suppress(Exception):
             cache.delete(pk, sk)
@@ -576,30 +963,72 @@ def _expect_refusal(
 
 def _expect_equal(found: str, expected: str) -> None:
     if found != expected:
-        raise AccessException(f"read {found!r} back, expected {expected!r}")
+        raise AccessException("the value read back differs from the value written")
 
 
 @cli.command()
+@_anywhere
 @pass_context
 def init(context: Context) -> None:
     """Create what the handler needs: a table, a database file, a directory."""
-    store = context.store(set_up=False)
+    store = context.store()
     outcome = store.handler.create_storage()
     store.handler.setup()
-    context.out.print(outcome, markup=False)
+    context.out.print(Text(outcome))
+
+
+MAX_BENCH_VALUE_BYTES = 4 * 1024 * 1024
+"""The largest ``bench --value-bytes``: the value size every handler promises."""
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` meanwhile, so ``finally`` blocks run (as for SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signal_number: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signal_number)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()
-@click.option("--keys", default=1_000, show_default=True, help="Entries stored while measuring.")
-@click.option("--calls", default=500, show_default=True, help="Calls per operation and run.")
-@click.option("--value-bytes", default=64, show_default=True, help="Size of each value.")
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=1_000,
+    show_default=True,
+    help="Entries stored while measuring.",
+)
+@click.option(
+    "--calls",
+    type=click.IntRange(min=2),
+    default=500,
+    show_default=True,
+    help="Calls per operation and run (2 at least, for percentiles).",
+)
+@click.option(
+    "--value-bytes",
+    type=click.IntRange(0, MAX_BENCH_VALUE_BYTES),
+    default=64,
+    show_default=True,
+    help="Size of each value.",
+)
+@_anywhere
 @pass_context
 def bench(context: Context, keys: int, calls: int, value_bytes: int) -> None:
     """Measure the configured handler: ops/s and latency per operation.
 
-    It writes only under its own partition keys and removes them when done.
+    It writes only under its own partition keys and removes them however it ends
+    (an error, Ctrl-C, SIGTERM).
     """
-    cache = context.cache()
+    cache = context.cache(writes=True)
     workload = Workload(
         keys=keys,
         calls=calls,
@@ -608,9 +1037,12 @@ def bench(context: Context, keys: int, calls: int, value_bytes: int) -> None:
         namespace=f"grove-cache-bench-{uuid.uuid4().hex[:12]}",
         remove_after=True,
     )
-    with context.progress("benchmarking") as advance:
-        results = measure({"handler": cache}, workload, on_operation=lambda _op: advance(1))
-    table = Table("operation", title=context.store().describe())
+    with (
+        _terminate_unwinds(),
+        context.progress("benchmarking", total=len(OPERATIONS), unit="operations") as meter,
+    ):
+        results = measure({"handler": cache}, workload, on_operation=lambda _op: meter.advance())
+    table = Table("operation", title=Text(context.store().describe()))
     for column in ("ops/s", "p50 us", "p99 us"):
         table.add_column(column, justify="right")
     for operation in OPERATIONS:
@@ -634,48 +1066,98 @@ def _write_text(text: str) -> None:
 
 @contextlib.contextmanager
 def _open_output(path: Path | None) -> Iterator[IO[bytes]]:
+    """Open where an export goes: stdout, or a file written whole or not at all.
+
+    A regular file is written to a temporary file beside it (0600: exports hold pointers
+    and tokens) that replaces it only when everything was written, so a failed export
+    never leaves a truncated backup. A device or a pipe is written to directly.
+
+    :raises OutputError: The file cannot be created or written; the message names it.
+    """
     if path is None:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with path.open("wb") as stream:
-        yield stream
+    try:
+        if path.exists() and not path.is_file():
+            with path.open("wb") as stream:
+                yield stream
+            return
+        real = Path(os.path.realpath(path))
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as stream:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, real)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _run_parallel(
-    function: Callable[[T], None], items: Iterable[T], workers: int
-) -> Iterator[tuple[T, BaseException | None]]:
+    function: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    key: Callable[[T], Hashable] | None = None,
+) -> Iterator[tuple[T, R | BaseException]]:
     """Apply ``function`` to each item on a thread pool, a bounded number in flight.
 
-    :return: Each item with the exception it raised, or ``None``, in completion order.
+    Grove errors, ``ValueError`` and ``TypeError`` are outcomes; anything else is a bug
+    and propagates.
+
+    :param key: When given, items with equal keys run one after another, in the order
+        given (the last one's effect stays), while items with other keys run in parallel.
+    :return: Each item with what the function returned or the exception it raised, in
+        completion order.
     """
+    expected = (GroveException, ValueError, TypeError)
     if workers <= 1:
         for item in items:
             try:
-                function(item)
-            except (GroveException, ValueError, TypeError) as exc:
+                yield item, function(item)
+            except expected as exc:
                 yield item, exc
-            else:
-                yield item, None
         return
-    pending: dict[Future[None], T] = {}
+    pending: dict[Future[R], T] = {}
+    latest: dict[Hashable, Future[R]] = {}
+
+    def collect(done: Iterable[Future[R]]) -> Iterator[tuple[T, R | BaseException]]:
+        for future in list(done):
+            item = pending.pop(future)
+            if key is not None and latest.get(key(item)) is future:
+                del latest[key(item)]
+            error = future.exception()
+            if error is None:
+                yield item, future.result()
+            elif isinstance(error, expected):
+                yield item, error
+            else:
+                raise error
+
     with ThreadPoolExecutor(workers) as pool:
         for item in items:
-            pending[pool.submit(function, item)] = item
+            if key is not None and (earlier := latest.get(key(item))) is not None:
+                # Its key is in flight: wait for that write, so the later line wins.
+                yield from collect(wait([earlier]).done)
+            future = pool.submit(function, item)
+            pending[future] = item
+            if key is not None:
+                latest[key(item)] = future
             if len(pending) >= workers * 4:
-                yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED).done)
-        yield from _collect(pending, set(pending))
+                yield from collect(wait(pending, return_when=FIRST_COMPLETED).done)
+        yield from collect(set(pending))
 
 
-def _collect(
-    pending: dict[Future[None], T], done: Iterable[Future[None]]
-) -> Iterator[tuple[T, BaseException | None]]:
-    for future in list(done):
-        item = pending.pop(future)
-        error = future.exception()
-        if error is not None and not isinstance(error, GroveException | ValueError | TypeError):
-            raise error
-        yield item, error
+def _no_such_option_hint(option: str) -> str:
+    group_options = {name for parameter in cli.params for name in parameter.opts}
+    if option in group_options:
+        return f"{option} goes before the command (grove-cache {option} ... COMMAND)"
+    return "put -- before a value that starts with -"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -685,25 +1167,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     :return: The exit code.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in arguments
+    state = Context()
     try:
-        outcome = cli.main(args=arguments, prog_name="grove-cache", standalone_mode=False)
+        outcome = cli.main(
+            args=arguments, prog_name="grove-cache", standalone_mode=False, obj=state
+        )
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
         print("grove-cache: aborted", file=sys.stderr)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)
+        return ExitCode.USAGE
     except click.ClickException as exc:
-        print(f"grove-cache: error: {exc.format_message()}", file=sys.stderr)
+        message = exc.format_message()
+        if isinstance(exc, click.NoSuchOption):
+            message = message.rstrip(".") + "; " + _no_such_option_hint(exc.option_name)
+        print(f"grove-cache: error: {message}", file=sys.stderr)
         return ExitCode.USAGE
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else ExitCode.UNEXPECTED
     except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"grove-cache: error: {message}", file=sys.stderr)
-        return exit_code_for(exc)
+        return state.report(exc)
     return outcome if isinstance(outcome, int) else ExitCode.OK
 
 

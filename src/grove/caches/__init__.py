@@ -9,7 +9,6 @@ entry-point group; :func:`load` picks one, the built-in ones and third-party one
 from __future__ import annotations
 
 import abc
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -17,6 +16,7 @@ from typing import ClassVar, NamedTuple
 
 import pydantic
 
+from grove.caches.configuration import HandlerConfiguration, handler_from_environment
 from grove.exceptions import ConfigurationException
 
 __all__ = [
@@ -194,21 +194,30 @@ def names() -> list[str]:
     return sorted(_entry_points())
 
 
-def create(name: str | None = None, *, settings: Mapping[str, object] | None = None) -> BaseCache:
+def create(
+    name: str | None = None,
+    *,
+    settings: Mapping[str, object] | None = None,
+    settings_label: str | None = None,
+) -> BaseCache:
     """Construct the named handler without calling its :meth:`~BaseCache.setup`.
 
     :param name: The handler's entry-point name, such as ``local_file``. When ``None``,
-        the environment variable ``GROVE_CACHE_HANDLER`` names it, else ``local_memory``.
+        the environment variable ``GROVE_CACHE_HANDLER`` (its name in any case) names it,
+        else ``local_memory``.
     :param settings: Settings that win over the handler's environment variables, by
-        field name (``{"path": "/var/lib/grove"}``). They need a handler whose module
-        defines ``Configuration`` and whose constructor takes ``config=``, as every
-        built-in handler does.
+        field name (``{"path": "/var/lib/grove"}``); a name that is not a field is an
+        error. They need a handler whose module defines ``Configuration`` and whose
+        constructor takes ``config=``, as every built-in handler does.
+    :param settings_label: How messages name a setting from ``settings``, such as
+        ``--config`` (``--config path: ...``); by default ``setting 'path'``.
     :raises ConfigurationException: No handler has that name, its module cannot be
-        imported (a missing extra), or its configuration is missing or invalid.
+        imported (a missing extra), a setting is unknown, or its configuration is missing
+        or invalid.
     :return: The handler, not yet set up.
     """
     if name is None:
-        name = os.environ.get(HANDLER_ENV, "").strip() or DEFAULT_HANDLER
+        name = handler_from_environment() or DEFAULT_HANDLER
     installed = _entry_points()
     entry = installed.get(name)
     if entry is None:
@@ -232,24 +241,36 @@ def create(name: str | None = None, *, settings: Mapping[str, object] | None = N
             raise ConfigurationException(
                 f"cache handler {name!r} takes no settings (its module has no Configuration)"
             )
-        config = configuration_class.from_environment(**settings)
+        if isinstance(configuration_class, type) and issubclass(
+            configuration_class, HandlerConfiguration
+        ):
+            config = configuration_class.from_settings(settings, label=settings_label)
+        else:
+            config = configuration_class.from_environment(**settings)
         return handler_class(config=config)  # type: ignore[call-arg]
     except pydantic.ValidationError as exc:
         raise ConfigurationException(f"cache handler {name!r} is misconfigured: {exc}") from exc
 
 
-def load(name: str | None = None, *, settings: Mapping[str, object] | None = None) -> BaseCache:
+def load(
+    name: str | None = None,
+    *,
+    settings: Mapping[str, object] | None = None,
+    settings_label: str | None = None,
+) -> BaseCache:
     """Construct the named handler, call its :meth:`~BaseCache.setup`, and return it.
 
     :param name: The handler's entry-point name, such as ``local_file``. When ``None``,
         the environment variable ``GROVE_CACHE_HANDLER`` names it, else ``local_memory``.
     :param settings: Settings that win over the handler's environment variables; see
         :func:`create`.
+    :param settings_label: How messages name a setting from ``settings``; see
+        :func:`create`.
     :raises ConfigurationException: No handler has that name, its module cannot be
         imported (a missing extra), or its configuration is missing or invalid.
     :raises AccessException: The handler's storage could not be reached during setup.
     :return: The ready handler.
     """
-    handler = create(name, settings=settings)
+    handler = create(name, settings=settings, settings_label=settings_label)
     handler.setup()
     return handler

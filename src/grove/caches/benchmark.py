@@ -83,8 +83,8 @@ class Workload:
     :param repeats: Runs per operation; the best counts.
     :param namespace: A word in every partition key the benchmark writes, so that a
         benchmark of a live store touches only its own entries.
-    :param remove_after: Delete the stored entries when done (a live store); a
-        throwaway store skips this.
+    :param remove_after: Delete the stored entries when done, however the measuring ends
+        (a live store); a throwaway store skips this.
     """
 
     keys: int = 1_000
@@ -124,6 +124,8 @@ class _Run:
         self.stored_keys = [_key(workload.namespace, index) for index in range(workload.keys)]
         self.current = [0] * workload.keys
         self.runs = 0
+        # Fresh keys the step in progress may have stored, until its clean-up removed them.
+        self.unremoved: list[tuple[str, str]] = []
 
     def populate(self) -> None:
         bulk = getattr(self.store, "populate", None)
@@ -134,8 +136,10 @@ class _Run:
             self.store.set(pk, sk, self.values[0])
 
     def remove(self) -> None:
-        for pk, sk in self.stored_keys:
+        """Delete every entry the benchmark may have stored, however far it got."""
+        for pk, sk in self.stored_keys + self.unremoved:
             self.store.delete(pk, sk)
+        self.unremoved = []
 
     def steps(self, operation: str) -> tuple[Callable[[int], object], Callable[[], None]]:
         """Return the call to make for the i-th step, and the clean-up after the run.
@@ -156,6 +160,10 @@ class _Run:
         def remove_fresh() -> None:
             for pk, sk in fresh:
                 store.delete(pk, sk)
+            self.unremoved = []
+
+        def removed_by_the_run() -> None:
+            self.unremoved = []
 
         def get_miss(index: int) -> object:
             try:
@@ -185,8 +193,10 @@ class _Run:
             "overwrite": (overwrite, nothing),
             "compare-and-set": (compare_and_set, nothing),
             "not_set": (lambda i: store.set(*fresh[i], values[0], not_set=True), remove_fresh),
-            "delete": (lambda i: store.delete(*fresh[i]), nothing),
+            "delete": (lambda i: store.delete(*fresh[i]), removed_by_the_run),
         }
+        if operation in ("set new", "not_set", "delete"):
+            self.unremoved = fresh
         if operation == "delete":
             for pk, sk in fresh:
                 store.set(pk, sk, values[0])
@@ -231,6 +241,22 @@ def measure(
     :return: For each subject, its measurement of each operation.
     """
     runs = {name: _Run(store, workload) for name, store in subjects.items()}
+    try:
+        return _measure(runs, workload, operations, on_operation)
+    finally:
+        # On every way out (an error, Ctrl-C), so a live store keeps no scratch entries.
+        if workload.remove_after:
+            for run in runs.values():
+                run.remove()
+
+
+def _measure(
+    runs: dict[str, _Run],
+    workload: Workload,
+    operations: Sequence[str],
+    on_operation: Callable[[str], object] | None,
+) -> dict[str, dict[str, Measurement]]:
+    subjects = runs.keys()
     for run in runs.values():
         run.populate()
     results: dict[str, dict[str, Measurement]] = {name: {} for name in subjects}
@@ -266,9 +292,6 @@ def measure(
             )
         if on_operation is not None:
             on_operation(operation)
-    if workload.remove_after:
-        for run in runs.values():
-            run.remove()
     return results
 
 

@@ -103,7 +103,7 @@ from typing_extensions import override
 from grove.caches import CacheEntry
 from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
 from grove.caches.atomic import describe_key as _describe_key
-from grove.caches.configuration import HandlerConfiguration
+from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.exceptions import AccessException
 
 __all__ = [
@@ -309,7 +309,9 @@ class Configuration(HandlerConfiguration):
 
     model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_FILE_")
 
-    path: str = Field(min_length=1, description="The directory holding the cache; it must exist.")
+    path: ExpandedPath = Field(
+        min_length=1, description="The directory holding the cache; it must exist."
+    )
     fsync: bool = Field(
         default=True,
         description="Sync each written file and its directory to disk before returning.",

@@ -100,7 +100,7 @@ from grove.caches.atomic import (
     Stored,
     describe_key,
 )
-from grove.caches.configuration import HandlerConfiguration
+from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.exceptions import AccessException, ConfigurationException
 
 SCHEMA_VERSION: Final = 2
@@ -205,8 +205,9 @@ class Configuration(HandlerConfiguration):
 
     model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_SQLITE_")
 
-    path: str = pydantic.Field(min_length=1)
-    """The database file; created with its missing directories by the first write."""
+    path: ExpandedPath = pydantic.Field(min_length=1)
+    """The database file (``~`` is the home directory); created with its missing
+    directories by the first write."""
 
     synchronous: Literal["full", "normal"] = "full"
     """``full``: fsync the WAL at every commit; ``normal``: only at checkpoints."""
