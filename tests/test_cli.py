@@ -405,10 +405,11 @@ def test_migrate_round_trip_ends_identical(tmp_path: Path, request: pytest.Fixtu
     first = Cli({**base, **stores[0]}, chain[0])
     first("import", "-", input=jsonl(entries))
     for (source, target), label in zip(itertools.pairwise(stores), chain[1:], strict=True):
+        prefix = f"GROVE_CACHE_{label.upper()}_"
         target_settings = [
-            f"--to-config={name.removeprefix(f'GROVE_CACHE_{label.upper()}_').lower()}={value}"
+            f"--to-config={name.removeprefix(prefix).lower()}={value}"
             for name, value in target.items()
-            if name != "GROVE_CACHE_HANDLER"
+            if name.startswith(prefix)
         ]
         credentials = {k: v for k, v in target.items() if not k.startswith("GROVE_")}
         report = Cli({**base, **credentials, **source}, label)(
