@@ -4,9 +4,11 @@ The benchmark starts its own moto server (threaded, keep-alive, as moto serves i
 loopback port with fake credentials. The floor makes the very requests the handler
 makes (``GetItem`` with ``ConsistentRead``, ``UpdateItem`` with its condition,
 ``DeleteItem``) straight on a boto3 client, so the ratio is the cost of the handler's
-own layer. After the table it prints the HTTP requests each call sends, the
-throughput of 1, 8 and 50 threads sharing one handler (and one raw client), and the
-speed of 1 MiB values, packed and chunked.
+own layer. A second reference is the handler itself with a time to live on every
+``set`` (so ``get hit`` reads entries that expire): its ratios (handler without ttl ÷
+with) show what expiry costs. After the table it prints the HTTP requests each call
+sends, the throughput of 1, 8 and 50 threads sharing one handler (and one raw client),
+and the speed of 1 MiB values, packed and chunked.
 """
 
 from __future__ import annotations
@@ -82,6 +84,25 @@ class RawClient:
         self.client.delete_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": sk}})
 
 
+class WithTtl:
+    """The handler, with every ``set`` given a time to live of an hour."""
+
+    def __init__(self, handler: Handler, ttl: float = 3600.0) -> None:
+        self.handler = handler
+        self.ttl = ttl
+
+    def get(self, pk: str, sk: str) -> str:
+        return self.handler.get(pk, sk)
+
+    def set(
+        self, pk: str, sk: str, value: str, not_set: bool = False, constraint: str | None = None
+    ) -> None:
+        self.handler.set(pk, sk, value, not_set, constraint, ttl=self.ttl)
+
+    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
+        self.handler.delete(pk, sk, constraint)
+
+
 def _handler(url: str, table: str) -> Handler:
     handler = Handler(Configuration(url=url, table=table))
     handler.setup()
@@ -115,6 +136,8 @@ def requests_per_call(url: str) -> str:
         ("set constraint, refused", lambda: handler.set("p", "s", "4", constraint="2")),
         ("delete constraint, refused", lambda: handler.delete("p", "s", constraint="2")),
         ("delete constraint", lambda: handler.delete("p", "s", constraint="3")),
+        ("set ttl", lambda: handler.set("p", "s", "5", ttl=3600)),
+        ("get expiring", lambda: handler.get("p", "s")),
         ("delete", lambda: handler.delete("p", "s")),
     ]
     lines = ["  HTTP requests per call (every attempt counted):"]
@@ -255,6 +278,7 @@ def suites(keys: int) -> Iterator[Suite]:
                 floor=lambda: RawClient(url, _fresh_table(url)),
                 workload=Workload(keys=keys, calls=300, repeats=3),
                 targets={"get hit": 0.8, "overwrite": 0.8, "compare-and-set": 0.8},
+                extra_floors={"with ttl": lambda: WithTtl(_handler(url, _fresh_table(url)))},
                 report=lambda: "\n".join(
                     [requests_per_call(url), thread_throughput(url), large_values(url)]
                 ),

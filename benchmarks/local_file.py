@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from benchmarks.suite import Suite
 from grove.caches.benchmark import Workload
-from grove.caches.local_file import Configuration, Handler, _StripeLocks
+from grove.caches.local_file import Configuration, Handler
 
 DURABLE_KEYS = 10_000
 """The most entries an fsync-on table holds."""
@@ -150,39 +150,36 @@ class RawWrite(RawRename):
             os.close(descriptor)
 
 
-class _NoLocks(_StripeLocks):
-    """Stripe locks that lock nothing: to measure what the real ones cost."""
-
-    @override
-    def acquire(self, stripe: int) -> int:
-        return -1
-
-    @override
-    def release(self, stripe: int, descriptor: int) -> None:
-        return None
+def _no_lock(descriptor: object, operation: int) -> None:
+    return None
 
 
-def handler(fsync: bool) -> Handler:
+class _Unlocked(Handler):
+    """A handler whose directory locks lock nothing: to measure what the real ones cost."""
+
+    _flock = staticmethod(_no_lock)
+
+
+def handler(fsync: bool, kind: type[Handler] = Handler) -> Handler:
     """A handler on a new scratch directory, removed when the handler goes.
 
     :param fsync: The handler's ``fsync`` setting.
+    :param kind: The handler class.
     :return: The handler, set up.
     """
     root = _new_directory()
-    made = Handler(Configuration(path=root, fsync=fsync))
+    made = kind(Configuration(path=root, fsync=fsync))
     made.setup()
     _scratch(made, root)
     return made
 
 
 def unlocked_handler() -> Handler:
-    """A fsync-off handler whose stripe locks do nothing (not safe; for measuring only).
+    """A fsync-off handler whose directory locks do nothing (not safe; for measuring only).
 
     :return: The handler, set up.
     """
-    made = handler(fsync=False)
-    made._locks = _NoLocks(made._root)
-    return made
+    return handler(fsync=False, kind=_Unlocked)
 
 
 def suites(keys: int) -> Iterator[Suite]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from benchmarks.suite import Suite
 from grove.caches.benchmark import compare, format_table, measure
 
-HANDLERS = ("local_memory", "local_file", "local_sqlite", "aws_dynamodb")
+HANDLERS = ("local_memory", "local_file", "local_sqlite", "aws_dynamodb", "redis", "postgresql")
 """Handlers with a module of the same name in this folder."""
 
 

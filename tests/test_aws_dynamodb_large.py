@@ -26,6 +26,7 @@ from moto_server import count_requests, fake_answer, make_handler
 
 from grove.caches import CacheEntry
 from grove.caches.aws_dynamodb import INLINE_VALUE_BYTES, MAX_VALUE_BYTES, Handler
+from grove.caches.testing import ManualClock
 from grove.exceptions import DataFormatException, NotFoundException
 
 MiB = 1024 * 1024
@@ -253,6 +254,56 @@ def test_listing_shows_large_values_whole_and_no_chunks(handler: Handler) -> Non
 
 
 # -- readers never see a torn value ----------------------------------------------------
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=1_800_000_000.0)
+
+
+@pytest.fixture
+def expiring(moto_endpoint: str, table: str, clock: ManualClock) -> Handler:
+    return make_handler(moto_endpoint, table, clock=clock)
+
+
+@pytest.mark.parametrize("kind", ["packed", "chunked"])
+def test_a_large_value_expires_as_a_whole(expiring: Handler, clock: ManualClock, kind: str) -> None:
+    value = compressible_text(MiB, seed=3) if kind == "packed" else random_text(MiB, seed=3)
+    expiring.set("dedup", "hashes", value, ttl=60)
+    head = head_of(expiring, "dedup", "hashes")
+    assert float(head["expires_at"]["N"]) == clock() + 60
+    chunks = [i for i in raw_items(expiring) if i["pk"]["S"].startswith(CHUNK_PREFIX)]
+    assert len(chunks) == (3 if kind == "chunked" else 0)
+    # Chunks expire a day after their head, so DynamoDB's TTL never takes one first.
+    assert {float(c["expires_at"]["N"]) for c in chunks} <= {clock() + 60 + 86_400}
+    assert expiring.get("dedup", "hashes") == value
+    clock.advance(61)
+    with pytest.raises(NotFoundException):
+        expiring.get("dedup", "hashes")
+    assert list(expiring.entries("dedup")) == []
+    with pytest.raises(DataFormatException):
+        expiring.set("dedup", "hashes", "x", constraint=value)
+    # not_set over it takes its place and collects its chunks in passing.
+    expiring.set("dedup", "hashes", "fresh", not_set=True)
+    assert raw_items(expiring) == [
+        {"pk": {"S": "dedup"}, "sk": {"S": "hashes"}, "data": {"S": "fresh"}}
+    ]
+
+
+def test_sweep_collects_the_chunks_of_expired_values(expiring: Handler, clock: ManualClock) -> None:
+    for index in range(3):
+        expiring.set("dedup", f"gone{index}", random_text(MiB, seed=index), ttl=60)
+    kept = random_text(MiB, seed=9)
+    expiring.set("dedup", "kept", kept, ttl=3600)
+    clock.advance(61)
+    assert expiring.sweep_expired(batch_size=2) == 3
+    assert expiring.get("dedup", "kept") == kept
+    version = head_of(expiring, "dedup", "kept")["version"]["S"]
+    assert chunks_of(expiring, "dedup") == Counter({version: 3})
+    assert len(raw_items(expiring)) == 4
 
 
 def test_reader_starts_again_when_chunks_vanish_under_it(moto_endpoint: str, table: str) -> None:

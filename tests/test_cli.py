@@ -22,12 +22,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydantic
 import pytest
 
 from benchmarks.moto_server import fake_credentials
+from grove.caches import BaseCache, create
+from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseLost
 from grove.caches.testing import HOSTILE_KEYS
 from grove.cli import ExitCode, _masked_settings, main
 
@@ -886,3 +889,155 @@ def test_progress_has_a_total_where_it_is_known(tmp_path: Path) -> None:
 
 
 # 17. the Quick start's session: see tests/test_examples.py
+
+
+# -- locks (issue 16) ----------------------------------------------------------------
+
+
+def store_of(cli: Cli) -> BaseCache:
+    """The store the ``cli`` fixture's commands use, for the test to act on directly."""
+    prefix = f"GROVE_CACHE_{cli.label.upper()}_"
+    settings = {
+        name.removeprefix(prefix).lower(): value
+        for name, value in cli.env.items()
+        if name.startswith(prefix)
+    }
+    handler = create(cli.label, settings=settings)
+    handler.setup()
+    return handler
+
+
+def upstream_lock(seconds_from_now: float) -> str:
+    moment = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def held_lease(store: BaseCache, pk: str, owner: str) -> Lease:
+    lease = Lease(store, pk, "all", duration=timedelta(minutes=5), owner=owner)
+    assert lease.acquire()
+    return lease
+
+
+def test_locks_lists_leases_and_upstream_locks(cli: Cli) -> None:
+    store = store_of(cli)
+    held = held_lease(store, "execution_lock.okta", "collector-1")
+    released = held_lease(store, "execution_lock.slack", "collector-2")
+    released.release()
+    store.set("execution_lock.github", "all", upstream_lock(-180))
+    store.set("execution_lock.gitlab", "all", upstream_lock(600))
+    store.set("execution_lock.odd", "all", "not a lock")
+    store.set("pointer.okta", "all", "2024-05-01T00:00:00Z")
+
+    records = [json.loads(line) for line in cli("locks").stdout.decode().splitlines()]
+    shown = {record["pk"]: record for record in records}
+    assert sorted(shown) == [
+        "execution_lock.github",
+        "execution_lock.gitlab",
+        "execution_lock.odd",
+        "execution_lock.okta",
+        "execution_lock.slack",
+    ]  # no #fence counters, nothing outside the prefix
+    okta = shown["execution_lock.okta"]
+    assert (okta["state"], okta["owner"], okta["token"]) == ("held", "collector-1", held.token)
+    assert held.expires_at is not None and okta["expires"] == held.expires_at.isoformat()
+    assert 200 < okta["expires_in"] <= 300
+    assert okta["value"] == store.get("execution_lock.okta", "all")
+    slack = shown["execution_lock.slack"]
+    assert (slack["state"], slack["token"], slack["expires_in"]) == ("released", 1, None)
+    assert shown["execution_lock.github"]["state"] == "upstream"
+    assert -300 < shown["execution_lock.github"]["expires_in"] < -100
+    assert 500 < shown["execution_lock.gitlab"]["expires_in"] <= 600
+    assert (shown["execution_lock.odd"]["state"], shown["execution_lock.odd"]["owner"]) == (
+        "other",
+        None,
+    )
+    pointers = cli("locks", "--prefix", "pointer.").stdout.decode().splitlines()
+    assert [json.loads(line)["state"] for line in pointers] == ["other"]
+
+
+def test_locks_table_on_a_terminal(tmp_path: Path) -> None:
+    env = {**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "s.db")}
+    store = store_of(Cli(env, "local_sqlite"))
+    held_lease(store, "execution_lock.okta", "collector-1")
+    store.set("execution_lock.github", "all", upstream_lock(-125))
+    code, shown = on_terminal(env, "locks")
+    assert code == 0, shown
+    text = shown.decode()
+    assert "collector-1" in text and "held" in text and "upstream" in text
+    assert "expires in 4m5" in text and "expired 2m0" in text
+    assert "2 locks" in text
+
+
+def test_locks_break_removes_the_lease_and_keeps_its_counter(cli: Cli) -> None:
+    store = store_of(cli)
+    stuck = held_lease(store, "execution_lock.okta", "collector-1")
+    result = cli("locks", "break", "execution_lock.okta", "all", "--yes")
+    assert "held lock pk='execution_lock.okta' sk='all', owner 'collector-1'" in (
+        result.stderr.decode()
+    )
+    cli("get", "execution_lock.okta", "all", expect=ExitCode.NOT_FOUND)
+    assert cli("get", "execution_lock.okta", "all" + FENCE_SUFFIX).stdout.strip().isdigit()
+    successor = held_lease(store, "execution_lock.okta", "collector-2")
+    assert successor.token is not None and stuck.token is not None
+    assert successor.token > stuck.token
+    with pytest.raises(LeaseLost):
+        stuck.renew()
+    cli("locks", "break", "execution_lock.okta", "all" + FENCE_SUFFIX, expect=ExitCode.USAGE)
+    cli("locks", "break", "execution_lock.absent", "all", "-y", expect=ExitCode.NOT_FOUND)
+
+
+def test_locks_break_if_expired_refuses_a_live_lock(cli: Cli) -> None:
+    store = store_of(cli)
+    live = held_lease(store, "execution_lock.okta", "collector-1")
+    value = store.get("execution_lock.okta", "all")
+    refused = cli(
+        "locks",
+        "break",
+        "execution_lock.okta",
+        "all",
+        "--if-expired",
+        "-y",
+        expect=ExitCode.CONDITION_NOT_MET,
+    )
+    assert "has not expired" in refused.stderr.decode()
+    assert store.get("execution_lock.okta", "all") == value
+    live.renew()
+    store.set("execution_lock.github", "all", upstream_lock(-60))
+    store.set("execution_lock.gitlab", "all", upstream_lock(60))
+    store.set("execution_lock.odd", "all", "not a lock")
+    cli("locks", "break", "execution_lock.github", "all", "--if-expired", "-y")
+    cli("get", "execution_lock.github", "all", expect=ExitCode.NOT_FOUND)
+    for pk in ("execution_lock.gitlab", "execution_lock.odd"):
+        cli("locks", "break", pk, "all", "--if-expired", "-y", expect=ExitCode.CONDITION_NOT_MET)
+        cli("get", pk, "all")
+
+
+def test_locks_break_removes_only_the_value_it_showed(cli: Cli) -> None:
+    """The lease is renewed while the operator reads the prompt: the renewal wins."""
+    store = store_of(cli)
+    lease = held_lease(store, "execution_lock.okta", "collector-1")
+    process = subprocess.Popen(
+        [GROVE_CACHE, "locks", "break", "execution_lock.okta", "all"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli.env,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    shown = b""
+    while b"break it?" not in shown:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"grove-cache exited before asking: {shown!r}"
+        shown += chunk
+    lease.renew()
+    renewed = store.get("execution_lock.okta", "all")
+    _, rest = process.communicate(b"y\n", timeout=120)
+    assert process.returncode == ExitCode.CONDITION_NOT_MET, shown + rest
+    assert b"changed since it was shown" in rest
+    assert store.get("execution_lock.okta", "all") == renewed
+    lease.renew()
+
+    declined = cli("locks", "break", "execution_lock.okta", "all", input=b"n\n")
+    assert b"nothing was removed" in declined.stderr
+    assert lease.held
+    lease.release()

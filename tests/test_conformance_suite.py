@@ -18,7 +18,7 @@ BROKEN_HANDLERS = textwrap.dedent(
     from grove.caches import BaseCache
     from grove.caches.atomic import ABSENT, ANY, AtomicCache
     from grove.caches.local_memory import Handler as Memory
-    from grove.caches.testing import CacheConformance
+    from grove.caches.testing import CacheConformance, ExpiryConformance
     from grove.exceptions import DataFormatException, NotFoundException
 
 
@@ -28,13 +28,13 @@ BROKEN_HANDLERS = textwrap.dedent(
         def _write(self, pk, sk, value, expected):
             if expected is not ANY and self._read(pk, sk) != expected:
                 return False
-            time.sleep(0.005)  # the I/O a real backend does between check and write
+            time.sleep(0.02)  # the I/O a real backend does between check and write
             return super()._write(pk, sk, value, ANY)
 
         def _remove(self, pk, sk, expected):
             if expected is not ANY and self._read(pk, sk) != expected:
                 return False
-            time.sleep(0.005)
+            time.sleep(0.02)
             return super()._remove(pk, sk, ANY)
 
 
@@ -83,6 +83,35 @@ BROKEN_HANDLERS = textwrap.dedent(
             return super()._remove(pk + "/" + sk, "-", expected)
 
 
+    class ShowsTheConstraint(Memory):
+        """Puts the constraint it compared into its refusal: a token in the logs."""
+
+        def set(self, pk, sk, value, not_set=False, constraint=None, **kwargs):
+            try:
+                super().set(pk, sk, value, not_set, constraint, **kwargs)
+            except DataFormatException:
+                raise DataFormatException(f"{pk}/{sk} is not {constraint!r}") from None
+
+
+    class ExpiredStillCounts(Memory):
+        """Checks conditions against the stored value whether or not it has expired."""
+
+        def _live(self, pk, sk):
+            return self._partitions.get(pk, {}).get(sk, ABSENT)
+
+
+    class TestShowsTheConstraint(CacheConformance):
+        @pytest.fixture
+        def cache(self):
+            return ShowsTheConstraint()
+
+
+    class TestExpiredStillCounts(ExpiryConformance):
+        @pytest.fixture
+        def cache(self, clock):
+            return ExpiredStillCounts(clock=clock)
+
+
     class TestCheckOutsideTheLock(CacheConformance):
         thread_increments = 40
 
@@ -128,3 +157,13 @@ def test_suite_fails_each_broken_handler_on_its_fault(pytester: pytest.Pytester)
     } <= failures["TestEmptyIsAbsent"]
 
     assert failures["TestJoinsKeysWithSlash"] == {"test_similar_keys_are_distinct"}
+
+    assert failures["TestShowsTheConstraint"] == {
+        "test_messages_never_contain_values_or_constraints"
+    }
+
+    assert {
+        "test_not_set_succeeds_over_an_expired_entry",
+        "test_constraint_never_matches_an_expired_entry",
+        "test_deleting_an_expired_entry",
+    } <= failures["TestExpiredStillCounts"]

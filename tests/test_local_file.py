@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
+import multiprocessing
 import os
 import random
 import select
@@ -22,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grove.caches import CacheEntry, load
+from grove.caches import CacheEntry, load, local_file
 from grove.caches.local_file import (
     NAME_MAX,
     SUFFIX,
@@ -33,7 +35,12 @@ from grove.caches.local_file import (
     encode_components,
     escape,
 )
-from grove.caches.testing import HOSTILE_KEYS, ListingConformance, SharedCacheConformance
+from grove.caches.testing import (
+    HOSTILE_KEYS,
+    ListingConformance,
+    SharedCacheConformance,
+    _increment_until,
+)
 from grove.caches.validation import MAX_KEY_BYTES
 from grove.exceptions import (
     AccessException,
@@ -81,8 +88,8 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def tree(root: Path) -> list[str]:
-    """Every path below root, relative to it, sorted; the lock directory left out."""
-    return sorted(path for path, _ in walk(root) if path.split("/")[0] != ".locks")
+    """Every path below root, relative to it, sorted."""
+    return sorted(path for path, _ in walk(root))
 
 
 # -- escaping ------------------------------------------------------------------------
@@ -127,14 +134,10 @@ def test_only_names_that_escaping_makes_decode(name: str) -> None:
     sk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
 )
 def test_fast_path_for_plain_keys_agrees_with_escaping(pk: str, sk: str) -> None:
-    spot = _Spot("/cache", pk, sk)
-    directories = encode_components(pk, "")
+    spot = _Spot(pk, sk)
     files = encode_components(sk, SUFFIX)
-    if len(directories) == len(files) == 1:
-        assert spot.file == f"/cache/{directories[0]}/{files[0]}"
-    else:
-        assert spot.chain and spot.file == files[-1]
-        assert spot.names == [*directories, *files[:-1]]
+    assert spot.directories == [*encode_components(pk, ""), *files[:-1]]
+    assert spot.file == files[-1]
 
 
 @pytest.mark.parametrize(
@@ -245,6 +248,15 @@ def test_longest_keys_live_in_chains_of_directories(cache: Handler, root: Path) 
     assert not [path for path in tree(root) if path.endswith(".cache")]
 
 
+def age(root: Path, seconds: float = 3600) -> None:
+    """Make everything below root look last changed ``seconds`` ago."""
+    then = time.time() - seconds
+    for _, directories, files, descriptor in os.fwalk(root):
+        for name in directories + files:
+            with contextlib.suppress(FileNotFoundError):  # a tidier may remove it meanwhile
+                os.utime(name, (then, then), dir_fd=descriptor, follow_symlinks=False)
+
+
 def test_setup_removes_directories_that_deletes_emptied(cache: Handler, root: Path) -> None:
     cache.set("p", "a", "1")
     cache.set("p", "b", "2")
@@ -252,8 +264,12 @@ def test_setup_removes_directories_that_deletes_emptied(cache: Handler, root: Pa
     cache.delete("p", "a")
     cache.delete("\u20ac" * 300, "/" * 1024)
     cache.setup()
+    assert len(tree(root)) > 2  # emptied just now: a writer may be about to use them
+    age(root)
+    cache.setup()
     assert tree(root) == ["p", "p/b.cache"]
     cache.delete("p", "b", constraint="2")
+    age(root)
     assert tree(root) == ["p"]  # kept until the next setup: a lock's partition comes back
     cache.setup()
     assert tree(root) == []
@@ -285,7 +301,7 @@ def test_get_and_failed_calls_create_nothing(cache: Handler, root: Path) -> None
             cache.set(pk, sk, "v", constraint="old")
         with pytest.raises(DataFormatException):
             cache.delete(pk, sk, constraint="old")
-    assert tree(root) == []  # the refusals took the lock (.locks/) and wrote nothing
+    assert os.listdir(root) == []  # the refusals wrote nothing, not even a lock file
 
 
 def test_files_and_directories_are_private(root: Path) -> None:
@@ -298,7 +314,6 @@ def test_files_and_directories_are_private(root: Path) -> None:
     finally:
         os.umask(old_umask)
     paths = dict(walk(root))
-    assert any(path.startswith(".locks/") for path in paths)
     assert any(len(path) > 4096 for path in paths)
     for path, status in paths.items():
         expected = 0o700 if stat.S_ISDIR(status.st_mode) else 0o600
@@ -410,7 +425,10 @@ def test_corrupt_entry_is_an_access_error_naming_the_key(cache: Handler, root: P
     assert cache.get("pointer.x", "op") == "repaired"
 
 
-def _assert_every_call_names(cache: Handler, path: Path) -> None:
+def test_path_below_a_regular_file_is_an_access_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "cache"
+    cache = Handler(Configuration(path=str(path)))
     with pytest.raises(AccessException, match=str(path)):
         cache.setup()
     calls: list[Callable[[], object]] = [
@@ -418,6 +436,7 @@ def _assert_every_call_names(cache: Handler, path: Path) -> None:
         lambda: cache.get("\u20ac" * 300, "s"),
         lambda: cache.set("p", "s", "v"),
         lambda: cache.set("p", "s", "v", not_set=True),
+        lambda: cache.set("\u20ac" * 300, "s", "v"),
         lambda: cache.delete("p", "s"),
         lambda: cache.delete("\u20ac" * 300, "s"),
         lambda: list(cache.entries()),
@@ -425,19 +444,6 @@ def _assert_every_call_names(cache: Handler, path: Path) -> None:
     for call in calls:
         with pytest.raises(AccessException, match=str(path)):
             call()
-
-
-def test_missing_directory_is_an_access_error(tmp_path: Path) -> None:
-    missing = tmp_path / "missing"
-    _assert_every_call_names(Handler(Configuration(path=str(missing))), missing)
-    assert not missing.exists()
-
-
-def test_path_below_a_regular_file_is_an_access_error(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("not a directory")
-    _assert_every_call_names(
-        Handler(Configuration(path=str(tmp_path / "file" / "cache"))), tmp_path / "file" / "cache"
-    )
     with pytest.raises(AccessException, match="not a directory"):
         Handler(Configuration(path=str(tmp_path / "file"))).setup()
 
@@ -497,30 +503,6 @@ def test_unwritable_directory_is_an_access_error(tmp_path: Path) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def test_forked_child_takes_its_own_locks(cache: Handler) -> None:
-    """A forked child must not share its parent's lock files, or flock would not exclude."""
-    cache.set("p", "s", "v")
-    stripe = _Spot(str(cache.config.path), "p", "s").stripe
-    descriptor = cache._locks.acquire(stripe)
-    try:
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child reports through its exit code
-            code = 1
-            try:
-                if all(fd == -1 for fd in cache._locks.descriptors):
-                    own = cache._locks._open(stripe)
-                    try:
-                        fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        code = 0  # the parent's lock holds against the child
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        cache._locks.release(stripe, descriptor)
 
 
 CRASH_VALUE_BYTES = 1 << 20
@@ -595,7 +577,7 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> Non
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
 def test_no_descriptor_leaks(cache: Handler) -> None:
     long_key = "\u20ac" * 300
-    cache.set("p", "s", "v")  # opens the stripe's lock file, which stays open
+    cache.set("p", "s", "v")
     cache.set(long_key, long_key, "v")
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
@@ -609,7 +591,7 @@ def test_no_descriptor_leaks(cache: Handler) -> None:
         cache.set(long_key, long_key, "v", constraint="w")
         with pytest.raises(DataFormatException):
             cache.delete(long_key, "absent", constraint="x")
-    assert len(os.listdir("/proc/self/fd")) <= before + 2  # at most two more lock files
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_create_storage_makes_the_directory_private(tmp_path: Path) -> None:
@@ -619,3 +601,407 @@ def test_create_storage_makes_the_directory_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert handler.create_storage() == f"found local_file cache at {root}"
     handler.set("pk", "sk", "v")
+
+
+# -- faults injected on real files --------------------------------------------------------
+
+LONG_KEY = "\u20ac" * 300  # escaped, longer than one file name: a chain of directories
+
+
+@pytest.fixture(params=["openat2", "one directory at a time"])
+def resolving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the handler opens paths: openat2 where the kernel has it, and the walk."""
+    if request.param == "openat2":
+        if local_file._openat2() is None:
+            pytest.skip("openat2 is not available here (Linux 5.6 or later)")
+    else:
+        monkeypatch.setattr(local_file, "_openat2", lambda: None)
+    return str(request.param)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside the cache, holding what a planted symlink points at."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "x.cache").write_text("outside secret")
+    (path / "%C3%A9.cache").write_text("outside secret")
+    return path
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int, bytes]]:
+    """What is below a directory: each path with its mode, inode and content."""
+    found = {}
+    for relative, status in walk(path):
+        content = (path / relative).read_bytes() if stat.S_ISREG(status.st_mode) else b""
+        found[relative] = (status.st_mode, status.st_ino, content)
+    return found
+
+
+def assert_refused(call: Callable[[], object], path: Path) -> None:
+    with pytest.raises(AccessException) as info:
+        call()
+    assert f"'{path}'" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("pk", ["evil", "\u00e9", LONG_KEY])
+def test_symlinked_partition_is_never_followed(
+    resolving: str, root: Path, outside: Path, pk: str
+) -> None:
+    """A symlink planted as a partition directory: every call refuses it by name."""
+    link = root / encode_components(pk, "")[0]
+    link.symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    sk = "x" if pk != "\u00e9" else "\u00e9"
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get(pk, sk),
+        lambda: cache.set(pk, "new", "W"),
+        lambda: cache.set(pk, sk, "W"),
+        lambda: cache.set(pk, "new", "W", not_set=True),
+        lambda: cache.set(pk, sk, "W", constraint="outside secret"),
+        lambda: cache.delete(pk, sk),
+        lambda: cache.delete(pk, sk, constraint="outside secret"),
+        lambda: list(cache.entries()),
+        lambda: list(cache.entries(pk)),
+        lambda: list(cache.entries(prefix=pk[0])),
+    ]
+    for call in calls:
+        assert_refused(call, link)
+        assert snapshot(outside) == before
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("sk", ["s", "\u00e9"])
+def test_symlinked_entry_file_is_never_followed(
+    resolving: str, root: Path, outside: Path, sk: str
+) -> None:
+    """A symlink planted as an entry file is never read through; set/delete replace it."""
+    (root / "p").mkdir()
+    link = root / "p" / encode_components(sk, SUFFIX)[0]
+    link.symlink_to(outside / "x.cache")
+    before = snapshot(outside)
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get("p", sk),
+        lambda: cache.set("p", sk, "W", not_set=True),
+        lambda: cache.set("p", sk, "W", constraint="outside secret"),
+        lambda: cache.delete("p", sk, constraint="outside secret"),
+        lambda: list(cache.entries()),
+        lambda: list(cache.entries("p")),
+    ]
+    for call in calls:
+        assert_refused(call, link)
+        assert snapshot(outside) == before
+    cache.set("p", sk, "mine")  # replaces the link, not its target
+    assert not link.is_symlink() and link.read_text() == "mine"
+    link.unlink()
+    link.symlink_to(outside / "x.cache")
+    cache.delete("p", sk)  # removes the link, not its target
+    assert not link.exists() and not link.is_symlink()
+    assert snapshot(outside) == before
+
+
+def test_symlink_inside_a_chain_is_never_followed(
+    resolving: str, root: Path, outside: Path
+) -> None:
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    cache.set("p", LONG_KEY, "v")
+    components = encode_components(LONG_KEY, SUFFIX)
+    link = root / "p" / components[0]
+    shutil.rmtree(link)
+    link.symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    for call in [
+        lambda: cache.get("p", LONG_KEY),
+        lambda: cache.set("p", LONG_KEY, "W"),
+        lambda: cache.delete("p", LONG_KEY),
+        lambda: list(cache.entries("p")),
+    ]:
+        assert_refused(call, link)
+    assert snapshot(outside) == before
+
+
+def test_symlinked_lock_directory_of_earlier_releases_is_never_used(
+    resolving: str, root: Path, outside: Path
+) -> None:
+    """Earlier releases kept lock files in <path>/.locks; one planted as a link is unused."""
+    (root / ".locks").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    cache.setup()
+    for pk, sk in [("p", "s"), ("\u00e9", "\u00e9"), (LONG_KEY, LONG_KEY)]:
+        cache.set(pk, sk, "1")
+        cache.set(pk, sk, "2", constraint="1")
+        cache.set(pk, "n", "x", not_set=True)
+        assert cache.get(pk, sk) == "2"
+        cache.delete(pk, sk, constraint="2")
+        cache.delete(pk, "n")
+    assert list(cache.entries()) == []
+    assert snapshot(outside) == before
+
+
+def test_files_and_directories_where_the_other_belongs_are_named(
+    resolving: str, root: Path
+) -> None:
+    (root / "file").write_text("a file where a partition directory belongs")
+    (root / "p").mkdir()
+    (root / "p" / "s.cache").mkdir()
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    below_a_file: list[Callable[[], object]] = [
+        lambda: cache.get("file", "s"),
+        lambda: cache.set("file", "s", "v"),
+        lambda: cache.set("file", "s", "v", not_set=True),
+        lambda: cache.delete("file", "s"),
+    ]
+    for call in below_a_file:
+        assert_refused(call, root / "file")
+    on_a_directory: list[Callable[[], object]] = [
+        lambda: cache.get("p", "s"),
+        lambda: cache.set("p", "s", "v", constraint="x"),
+        lambda: cache.set("p", "s", "v"),
+    ]
+    for call in on_a_directory:
+        assert_refused(call, root / "p" / "s.cache")
+    assert list(cache.entries("p")) == []  # a directory is not an entry; listing skips it
+    assert (root / "file").read_text() == "a file where a partition directory belongs"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_fifo_planted_as_an_entry_does_not_block(resolving: str, root: Path) -> None:
+    (root / "p").mkdir()
+    os.mkfifo(root / "p" / "s.cache")
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    assert_refused(lambda: cache.get("p", "s"), root / "p" / "s.cache")
+    assert_refused(lambda: cache.delete("p", "s", constraint="x"), root / "p" / "s.cache")
+
+
+def _calls_that_create_nothing(cache: Handler) -> list[Callable[[], object]]:
+    return [
+        lambda: cache.get("p", "s"),
+        lambda: cache.set("p", "s", "v", constraint="old"),
+        lambda: cache.delete("p", "s"),
+        lambda: cache.delete("p", "s", constraint="old"),
+        lambda: list(cache.entries()),
+    ]
+
+
+def test_missing_root_is_created_by_setup_and_the_first_write(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    old_umask = os.umask(0o022)
+    try:
+        for first in ("setup", "set", "not_set"):
+            top = tmp_path / first
+            path = top / "parent" / "cache"
+            cache = Handler(Configuration(path=str(path)))
+            for refused in _calls_that_create_nothing(cache):
+                assert_refused(refused, path)
+            assert not top.exists()  # reads, refusals and deletes create nothing
+            if first == "setup":
+                cache.setup()
+            else:
+                cache.set("p", "s", "v", not_set=first == "not_set")
+                assert cache.get("p", "s") == "v"
+            for made in (top, top / "parent", path):
+                assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # a parent that existed is as was
+
+
+@pytest.mark.parametrize("key", [("p", "s"), (LONG_KEY, LONG_KEY)])
+def test_removed_root_is_never_taken_for_an_empty_store(root: Path, key: tuple[str, str]) -> None:
+    pk, sk = key
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    cache.set(pk, sk, "v")
+    cache.set(pk, sk, "w", constraint="v")  # every path of the key has been used
+    shutil.rmtree(root)
+    for call in [
+        lambda: cache.get(pk, sk),
+        lambda: cache.set(pk, sk, "x", constraint="w"),
+        lambda: cache.delete(pk, sk, constraint="w"),
+        lambda: cache.delete(pk, sk),
+        lambda: list(cache.entries()),
+        lambda: list(cache.entries(pk)),
+    ]:
+        assert_refused(call, root)
+        assert not root.exists()
+    cache.set(pk, sk, "x", not_set=True)  # a write makes the store again, as a first one
+    assert cache.get(pk, sk) == "x"
+
+
+def _increment_with_a_pause(
+    path: str, pk: str, sk: str, count: int, paused: Any, resume: Any, results: Any
+) -> None:
+    cache = Handler(Configuration(path=path, fsync=False))
+    _increment_until(cache, pk, sk, count // 2)
+    paused.set()
+    resume.wait()
+    _increment_until(cache, pk, sk, count - count // 2)
+    results.put("done")
+
+
+def _increment_when_told(
+    path: str, pk: str, sk: str, count: int, ready: Any, resume: Any, results: Any
+) -> None:
+    cache = Handler(Configuration(path=path, fsync=False))
+    ready.set()
+    resume.wait()
+    _increment_until(cache, pk, sk, count)
+    results.put("done")
+
+
+@pytest.mark.parametrize("replaced", ["the directory", "its hidden directories"])
+def test_store_replaced_mid_run_loses_no_update(root: Path, replaced: str) -> None:
+    """One process works, the store is replaced under it, a new process joins: no loss.
+
+    The directory is copied and the copy put in its place (new inodes, same entries), or
+    the hidden directories (earlier releases' lock files) are removed.
+    """
+    increments = 1_500
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    cache.set("counter", "n", "0")
+    context = multiprocessing.get_context("spawn")
+    paused, ready, resume = context.Event(), context.Event(), context.Event()
+    results = context.Queue()
+    first = context.Process(
+        target=_increment_with_a_pause,
+        args=(str(root), "counter", "n", increments, paused, resume, results),
+    )
+    second = context.Process(
+        target=_increment_when_told,
+        args=(str(root), "counter", "n", increments, ready, resume, results),
+    )
+    first.start()
+    try:
+        assert paused.wait(120), "the first process never got half-way"
+        if replaced == "the directory":
+            shutil.copytree(root, root.with_name("copy"), symlinks=True)
+            shutil.rmtree(root)
+            root.with_name("copy").rename(root)
+        else:
+            for hidden in root.glob(".*"):
+                shutil.rmtree(hidden)
+        second.start()
+        assert ready.wait(120), "the second process never started"
+        resume.set()  # both increment at once from here
+        assert [results.get(timeout=300) for _ in range(2)] == ["done", "done"]
+    finally:
+        for process in (first, second):
+            if process.pid is not None:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+    assert [first.exitcode, second.exitcode] == [0, 0]
+    assert cache.get("counter", "n") == str(2 * increments)
+
+
+def _tidy_until(path: str, stop: Any, results: Any) -> None:
+    cache = Handler(Configuration(path=path, fsync=False))
+    rounds = failures = 0
+    while not stop.is_set():
+        try:
+            cache.setup()
+        except AccessException:
+            failures += 1
+        rounds += 1
+    results.put((rounds, failures))
+
+
+def _churn(cache: Handler, key: str, value: str) -> list[str]:
+    """Make, change and remove an entry with every kind of call; return the failures."""
+    failures = []
+    calls: list[Callable[[], None]] = [
+        lambda: cache.set(key, key, value),
+        lambda: cache.set(key, key, "x", constraint=value),
+        lambda: cache.delete(key, key),
+        lambda: cache.set(key, key, "y", not_set=True),
+        lambda: cache.delete(key, key, constraint="y"),
+    ]
+    for call in calls:
+        try:
+            call()
+        except (AccessException, DataFormatException) as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+    return failures
+
+
+def test_tidy_beside_writers_of_long_keys(root: Path) -> None:
+    """setup() tidies empty directories while a writer makes and empties a long key's.
+
+    Before each round the directories are made to look old, so that the tidier may remove
+    each one that it finds empty, while the writer opens it, makes a child in it, or
+    writes a file in it.
+    """
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    tidier = context.Process(target=_tidy_until, args=(str(root), stop, results))
+    tidier.start()
+    failures: list[str] = []
+    try:
+        for number in range(2_000):
+            age(root)  # the tidier may remove any directory that the writer finds empty
+            failures.extend(_churn(cache, LONG_KEY, str(number)))
+    finally:
+        stop.set()
+        rounds, tidy_failures = results.get(timeout=120)
+        tidier.join(timeout=30)
+    assert rounds > 0 and tidy_failures == 0
+    assert failures == [], f"{len(failures)} of 10,000 calls failed, first: {failures[0]}"
+    assert not [path for path in tree(root) if "/.tmp." in path]  # none left behind
+    age(root)
+    cache.setup()
+    assert tree(root) == []  # every directory emptied and tidied
+
+
+def _hold_lock(root: Path, pk: str) -> int:
+    """Take the lock that writes of a plain key take: flock on its directory."""
+    descriptor = os.open(root / pk, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process (R running, S sleeping, ...), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
+def test_write_interrupted_while_waiting_for_the_lock_leaves_no_temporary(root: Path) -> None:
+    """SIGINT reaches a writer that wrote its 1 MiB temporary file and waits for the lock."""
+    assert threading.active_count() == 1, "fork needs a single-threaded test process"
+    cache = Handler(Configuration(path=str(root), fsync=False))
+    cache.set("p", "s", "old")
+    holder = _hold_lock(root, "p")
+    try:
+        writer = os.fork()
+        if writer == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                cache.set("p", "s", "n" * CRASH_VALUE_BYTES)
+                code = 2
+            except KeyboardInterrupt:
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 120
+        while not (
+            any(
+                path.name.startswith(".tmp.") and path.stat().st_size == CRASH_VALUE_BYTES
+                for path in (root / "p").iterdir()
+            )
+            and _process_state(writer) == "S"
+        ):
+            assert time.monotonic() < deadline, "the writer never waited for the lock"
+            time.sleep(0.01)
+        os.kill(writer, signal.SIGINT)
+        _, status = os.waitpid(writer, 0)
+    finally:
+        os.close(holder)
+    assert os.waitstatus_to_exitcode(status) == 0, "the writer did not stop on SIGINT"
+    assert os.listdir(root / "p") == ["s.cache"]  # its temporary file is gone
+    assert cache.get("p", "s") == "old"

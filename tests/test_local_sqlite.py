@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import random
 import re
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grove.caches import BaseCache, CacheEntry, load
+from benchmarks.local_sqlite import BulkLoadedHandler, ExpiringHandler
+from grove.caches import BaseCache, CacheEntry, load, local_sqlite
+from grove.caches.benchmark import Workload, measure
 from grove.caches.local_sqlite import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -29,18 +32,32 @@ from grove.caches.local_sqlite import (
     Handler,
     prefix_end,
 )
-from grove.caches.testing import ListingConformance, SharedCacheConformance
-from grove.exceptions import AccessException, ConfigurationException, DataFormatException
+from grove.caches.testing import (
+    ExpiryConformance,
+    ListingConformance,
+    ManualClock,
+    SharedCacheConformance,
+    SharedExpiryConformance,
+    run_in_processes,
+)
+from grove.exceptions import (
+    AccessException,
+    ConfigurationException,
+    DataFormatException,
+    NotFoundException,
+)
 
 
-class TestLocalSqliteConformance(SharedCacheConformance, ListingConformance):
+class TestLocalSqliteConformance(
+    SharedCacheConformance, ListingConformance, ExpiryConformance, SharedExpiryConformance
+):
     @pytest.fixture
     def database(self, tmp_path: Path) -> str:
         return str(tmp_path / "cache.db")
 
     @pytest.fixture
-    def cache(self, database: str) -> Handler:
-        return Handler(Configuration(path=database))
+    def cache(self, database: str, clock: ManualClock) -> Handler:
+        return Handler(Configuration(path=database), clock=clock)
 
     @pytest.fixture
     def cache_factory(self, database: str) -> Callable[[], BaseCache]:
@@ -61,17 +78,18 @@ def _pragma(cache: Handler, name: str) -> Any:
 def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path: Path) -> None:
     cache = _handler(tmp_path / "cache.db")
     cache.setup()
-    assert _pragma(cache, "user_version") == SCHEMA_VERSION == 1
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION == 2
     assert _pragma(cache, "application_id") == APPLICATION_ID
     assert _pragma(cache, "journal_mode") == "wal"
     with closing(sqlite3.connect(tmp_path / "cache.db")) as raw:
         (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
         columns = raw.execute("PRAGMA table_info(entries)").fetchall()
     assert "WITHOUT ROWID" in sql
-    assert [(name, kind, primary) for _, name, kind, _, _, primary in columns] == [
-        ("pk", "TEXT", 1),
-        ("sk", "TEXT", 2),
-        ("value", "TEXT", 0),
+    assert [(name, kind, not_null, primary) for _, name, kind, not_null, _, primary in columns] == [
+        ("pk", "TEXT", 1, 1),
+        ("sk", "TEXT", 1, 2),
+        ("value", "TEXT", 1, 0),
+        ("expires_at", "REAL", 0, 0),
     ]
 
 
@@ -95,7 +113,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     cache = _handler(path)
     with pytest.raises(ConfigurationException, match=r"GROVE_CACHE_LOCAL_SQLITE_PATH.*newer"):
         cache.setup()
-    with pytest.raises(ConfigurationException, match="schema version 2"):
+    with pytest.raises(ConfigurationException, match=f"schema version {SCHEMA_VERSION + 1}"):
         cache.get("pk", "sk")
 
 
@@ -287,19 +305,8 @@ def test_a_busy_file_is_waited_for(tmp_path: Path) -> None:
 
 def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
     path = str(tmp_path / "fresh" / "cache.db")
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(6)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_open_and_write, args=(path, f"w{i}", barrier, results))
-        for i in range(6)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = sorted(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-    assert outcomes == [f"w{i}: ok" for i in range(6)]
+    outcomes = run_in_processes(_open_and_write, [(path, f"w{i}") for i in range(6)], timeout=120)
+    assert sorted(outcomes) == [f"w{i}: ok" for i in range(6)]
     cache = _handler(path)
     assert sorted(entry.sk for entry in cache.entries("pk")) == [f"w{i}" for i in range(6)]
     assert _pragma(cache, "user_version") == SCHEMA_VERSION
@@ -505,3 +512,426 @@ def test_missing_path_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("GROVE_CACHE_LOCAL_SQLITE_PATH", raising=False)
     with pytest.raises(ConfigurationException, match="GROVE_CACHE_LOCAL_SQLITE_PATH is required"):
         Handler()
+
+
+# -- a missing database (issue 11, item 4) --------------------------------------------
+
+
+def test_reads_of_a_missing_database_create_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "mistyped" / "cache.db"
+    cache = _handler(path)
+    with pytest.raises(NotFoundException):
+        cache.get("pk", "sk")
+    cache.delete("pk", "sk")
+    with pytest.raises(DataFormatException):
+        cache.delete("pk", "sk", constraint="v")
+    assert list(cache.entries()) == []
+    assert list(cache.entries("pk")) == []
+    assert list(cache.entries(prefix="p")) == []
+    assert not (tmp_path / "mistyped").exists()
+    cache.set("pk", "sk", "v")  # the first write creates it
+    assert _handler(path).get("pk", "sk") == "v"
+
+
+def test_reads_of_an_empty_file_write_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    path.touch()
+    cache = _handler(path)
+    with pytest.raises(NotFoundException):
+        cache.get("pk", "sk")
+    cache.delete("pk", "sk")
+    assert list(cache.entries()) == []
+    assert path.stat().st_size == 0
+    assert sorted(os.listdir(tmp_path)) == ["cache.db"]
+
+
+def test_setup_creates_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "cache.db"
+    _handler(path).setup()
+    assert _pragma(_handler(path), "user_version") == SCHEMA_VERSION
+
+
+# -- the file removed or replaced while open (issue 10, item 7) ------------------------
+
+
+def _remove_files(path: Path, *suffixes: str) -> None:
+    for suffix in suffixes:
+        Path(f"{path}{suffix}").unlink()
+
+
+def test_writes_into_a_removed_database_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "before", "1")
+    _remove_files(path, "", "-wal", "-shm")
+    with pytest.raises(AccessException, match=r"set of pk='pk' sk='after'.*removed or replaced"):
+        cache.set("pk", "after", "2")
+    # Nothing is created again behind the operator's back, by reads or writes...
+    with pytest.raises(AccessException, match=r"removed while in use.*setup"):
+        cache.get("pk", "before")
+    with pytest.raises(AccessException, match="removed while in use"):
+        cache.set("pk", "after", "2")
+    with pytest.raises(AccessException, match="removed while in use"):
+        cache.delete("pk", "before")
+    assert not path.exists()
+    # ...until setup() (grove-cache init) makes a new store.
+    cache.setup()
+    cache.set("pk", "after", "3")
+    assert [tuple(entry) for entry in _handler(path).entries()] == [("pk", "after", "3")]
+
+
+def test_a_store_created_again_by_another_process_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "old", "1")
+    _remove_files(path, "", "-wal", "-shm")
+    _handler(path).set("pk", "new", "2")  # a collector started since: its first write
+    with pytest.raises(AccessException, match="removed or replaced"):
+        cache.set("pk", "mine", "3")
+    assert cache.get("pk", "new") == "2"
+    cache.set("pk", "mine", "3")
+    assert sorted(entry.sk for entry in _handler(path).entries()) == ["mine", "new"]
+
+
+@pytest.mark.parametrize("operation", ["set", "not_set", "constraint", "delete", "delete_if"])
+def test_every_write_into_a_replaced_database_is_refused(tmp_path: Path, operation: str) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "old")
+    replacement = _handler(tmp_path / "backup.db")
+    replacement.set("pk", "sk", "restored")
+    replacement.close()
+    os.replace(tmp_path / "backup.db", path)  # e.g. a backup put back in place
+    _remove_files(path, "-wal", "-shm")
+    writes: dict[str, Callable[[], None]] = {
+        "set": lambda: cache.set("pk", "sk", "new"),
+        "not_set": lambda: cache.set("pk", "other", "new", not_set=True),
+        "constraint": lambda: cache.set("pk", "sk", "new", constraint="old"),
+        "delete": lambda: cache.delete("pk", "sk"),
+        "delete_if": lambda: cache.delete("pk", "sk", constraint="old"),
+    }
+    with pytest.raises(AccessException, match=re.escape(str(path)) + ".*removed or replaced"):
+        writes[operation]()
+    # The next call uses the store now at the path, in every thread.
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.append(cache.get("pk", "sk")))
+    reader.start()
+    reader.join()
+    assert seen == ["restored"]
+    assert cache.get("pk", "sk") == "restored"
+    cache.set("pk", "sk", "new", constraint="restored")
+    assert _handler(path).get("pk", "sk") == "new"
+
+
+def test_a_thread_that_read_before_the_replacement_reads_the_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "old")
+    proceed, replaced = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def reader() -> None:
+        seen.append(cache.get("pk", "sk"))  # opens this thread's connection
+        proceed.set()
+        replaced.wait()
+        seen.append(cache.get("pk", "sk"))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    proceed.wait()
+    replacement = _handler(tmp_path / "backup.db")
+    replacement.set("pk", "sk", "restored")
+    replacement.close()
+    os.replace(tmp_path / "backup.db", path)
+    _remove_files(path, "-wal", "-shm")
+    try:
+        with pytest.raises(AccessException, match="removed or replaced"):
+            cache.set("pk", "x", "1")  # this thread's write finds out, for every thread
+    finally:
+        replaced.set()
+        thread.join()
+    assert seen == ["old", "restored"]
+
+
+def test_removal_is_seen_once_the_directory_stamp_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trust a stamp as soon as it is in the past, so that the quick check is in use.
+    monkeypatch.setattr(local_sqlite, "_SETTLED_NS", 0)
+    monkeypatch.setattr(local_sqlite, "_SETTLED_WHOLE_SECONDS_NS", 0)
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "1")
+    cache.set("pk", "sk", "2")
+    assert cache._local.connection.stamp is not None
+    _remove_files(path, "", "-wal", "-shm")
+    with pytest.raises(AccessException, match="removed or replaced"):
+        cache.set("pk", "sk", "3")
+
+
+@pytest.mark.parametrize("margin", [0, 3_600_000_000_000])
+def test_a_directory_stamp_is_trusted_only_when_older_than_a_clock_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, margin: int
+) -> None:
+    monkeypatch.setattr(local_sqlite, "_SETTLED_NS", margin)
+    monkeypatch.setattr(local_sqlite, "_SETTLED_WHOLE_SECONDS_NS", margin)
+    (tmp_path / "a file").touch()  # a change, stamped just now
+    found = os.stat(tmp_path)
+    expected = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_ctime_ns)
+    assert local_sqlite._settled_stamp(str(tmp_path)) == (expected if margin == 0 else None)
+
+
+_READ_ALL = """
+import sqlite3, sys
+with sqlite3.connect(sys.argv[1]) as connection:
+    print(sorted(connection.execute("SELECT sk, value FROM entries").fetchall()))
+"""
+
+
+def _entries_seen_by_another_process(path: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", _READ_ALL, str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_writes_after_the_wal_and_shm_were_removed_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "before", "1")
+    cache.close()  # folds the WAL into the file: "before" is in the database itself
+    cache.set("pk", "kept", "2")
+    _remove_files(path, "-wal", "-shm")  # loses "kept": SQLite cannot help that
+    with pytest.raises(AccessException, match=r"sk='after'.*removed or replaced"):
+        cache.set("pk", "after", "3")
+    # SQLite in this process would go on using the removed -shm: refuse, until a restart.
+    with pytest.raises(AccessException, match="restart"):
+        cache.get("pk", "before")
+    cache.close()
+    with pytest.raises(AccessException, match="restart"):
+        _handler(path).set("pk", "after", "3")
+    # The refused write never reaches the database, not even when connections close.
+    assert _entries_seen_by_another_process(path) == "[('before', '1')]"
+
+
+# -- rows written by other tools (issue 10, items 8 and 9) ----------------------------
+
+
+def _insert_raw(path: Path, pk: object, sk: object, value: object) -> None:
+    with closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("INSERT INTO entries (pk, sk, value) VALUES (?, ?, ?)", (pk, sk, value))
+
+
+def test_a_value_stored_as_a_blob_reads_and_compares_as_its_text(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.setup()
+    text = "caf\u00e9 \u2603\x00after a NUL"
+    _insert_raw(path, "pk", "sk", text.encode())  # as sqlite3's readfile() would
+    _insert_raw(path, "pk", "other", text.encode())
+    assert cache.get("pk", "sk") == text
+    assert type(cache.get("pk", "sk")) is str
+    assert sorted(cache.entries("pk")) == [("pk", "other", text), ("pk", "sk", text)]
+    assert all(type(entry.value) is str for entry in cache.entries())
+    with pytest.raises(DataFormatException):
+        cache.set("pk", "sk", "new", constraint=text[:-1])
+    cache.set("pk", "sk", "new", constraint=text)
+    assert cache.get("pk", "sk") == "new"
+    cache.delete("pk", "other", constraint=text)
+    assert list(cache.entries()) == [("pk", "sk", "new")]
+
+
+@pytest.mark.parametrize("column", ["pk", "sk"])
+def test_a_key_stored_as_a_blob_is_an_access_error_naming_it(tmp_path: Path, column: str) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "sk", "v")
+    keys = {"pk": "pk", "sk": "sk", column: b"blob-key"}
+    _insert_raw(path, keys["pk"], keys["sk"], "secret value")
+    with pytest.raises(AccessException, match=r"blob-key.*BLOB") as caught:
+        list(cache.entries())
+    assert "secret" not in _messages(caught.value)
+
+
+_UNDECODABLE = b"secret token \xff\xfe"
+
+
+def _messages(exc: BaseException | None) -> str:
+    """Every message in an exception's chain, as a traceback would show them."""
+    seen = []
+    while exc is not None:
+        seen.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(seen)
+
+
+@pytest.mark.parametrize("stored_as", ["BLOB", "TEXT"])
+def test_an_undecodable_value_is_an_access_error_without_its_text(
+    tmp_path: Path, stored_as: str
+) -> None:
+    path = tmp_path / "cache.db"
+    cache = _handler(path)
+    cache.set("pk", "fine", "v")
+    with closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute(
+            f"INSERT INTO entries (pk, sk, value) VALUES ('pk', 'bad', CAST(? AS {stored_as}))",
+            (_UNDECODABLE,),
+        )
+    with pytest.raises(AccessException, match=r"get of pk='pk' sk='bad'.*not UTF-8") as caught:
+        cache.get("pk", "bad")
+    assert "secret" not in _messages(caught.value)
+    with pytest.raises(AccessException, match=r"pk='pk' sk='bad'.*not UTF-8") as caught:
+        list(cache.entries("pk"))
+    assert "secret" not in _messages(caught.value)
+    with pytest.raises(DataFormatException) as refused:  # no str equals it
+        cache.set("pk", "bad", "new", constraint=_UNDECODABLE.decode("latin-1"))
+    assert "secret" not in _messages(refused.value)
+    assert cache.get("pk", "fine") == "v"
+    cache.set("pk", "bad", "repaired")  # a plain set overwrites it
+    assert cache.get("pk", "bad") == "repaired"
+
+
+# -- expiry (issue 13) ----------------------------------------------------------------
+
+_VERSION_1_FILE = Path(__file__).parent / "data" / "local_sqlite_v1.db"
+"""A database written by schema version 1 (main at 4e1e1a2, before expiry)."""
+
+_VERSION_1_ENTRIES = [
+    ("dedup.okta", "hashes", '["0cc175b9c0f1b6a831c399e269772661"]'),
+    ("emoji \U0001f332", "new\nline", "caf\u00e9 \u2603\x00after-nul"),
+    ("empty", "value", ""),
+    ("execution_lock.okta", "system_log", "1714564800.0"),
+    ("pointer.okta.0cc175b9c0f1b6a831c399e269772661", "system_log", "2024-05-01T12:00:00Z"),
+]
+
+
+def _version_1_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "old.db"
+    path.write_bytes(_VERSION_1_FILE.read_bytes())
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert "expires_at" not in {row[1] for row in raw.execute("PRAGMA table_info(entries)")}
+    return path
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = _version_1_copy(tmp_path)
+    inode = path.stat().st_ino
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(path)), clock=clock)
+    assert cache.get("empty", "value") == ""  # a read opens, and upgrades, the file
+    assert sorted(cache.entries()) == _VERSION_1_ENTRIES
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+    assert path.stat().st_ino == inode
+    for pk, sk, _ in _VERSION_1_ENTRIES:
+        assert cache.expires_at(pk, sk) is None
+    cache.set("execution_lock.okta", "system_log", "taken", constraint="1714564800.0", ttl=60)
+    clock.advance(61)
+    with pytest.raises(NotFoundException):
+        cache.get("execution_lock.okta", "system_log")
+    assert len(list(cache.entries())) == len(_VERSION_1_ENTRIES) - 1
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_processes_upgrading_one_file_at_once(tmp_path: Path) -> None:
+    path = str(_version_1_copy(tmp_path))
+    outcomes = run_in_processes(_open_and_write, [(path, f"w{i}") for i in range(6)], timeout=120)
+    assert sorted(outcomes) == [f"w{i}: ok" for i in range(6)]
+    cache = _handler(path)
+    assert len(list(cache.entries())) == len(_VERSION_1_ENTRIES) + 6
+    assert _pragma(cache, "user_version") == SCHEMA_VERSION
+
+
+def test_expiry_is_the_callers_clock_in_epoch_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    early = Handler(Configuration(path=str(path)), clock=ManualClock(start=1_000_000.0))
+    late = Handler(Configuration(path=str(path)), clock=ManualClock(start=1_000_100.0))
+    early.set("pk", "sk", "v", ttl=60)
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT expires_at FROM entries").fetchall() == [(1_000_060.0,)]
+    assert early.get("pk", "sk") == "v"  # each caller decides by its own clock
+    with pytest.raises(NotFoundException):
+        late.get("pk", "sk")
+    late.set("pk", "sk", "mine", not_set=True)
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT value, expires_at FROM entries").fetchall() == [("mine", None)]
+
+
+def test_every_call_is_one_statement(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    cache.set("pk", "warm", "up")
+    statements: list[str] = []
+    cache._local.connection.connection.set_trace_callback(statements.append)
+    calls: list[Callable[[], object]] = [
+        lambda: cache.set("pk", "sk", "1", ttl=60),
+        lambda: cache.get("pk", "sk"),
+        lambda: cache.set("pk", "sk", "2", constraint="1", ttl=60),
+        lambda: cache.set("pk", "sk", "3", constraint="2"),
+        lambda: cache.set("pk", "sk", "4"),
+        lambda: cache.delete("pk", "sk", constraint="4"),
+        lambda: cache.set("pk", "sk", "5", not_set=True, ttl=10),
+        lambda: clock.advance(20),
+        lambda: cache.set("pk", "sk", "6", not_set=True, ttl=10),  # over the expired row
+        lambda: cache.delete("pk", "sk"),
+    ]
+    for call in calls:
+        statements.clear()
+        call()
+        assert len(statements) == (0 if call is calls[7] else 1), statements
+    assert cache.expires_at("pk", "warm") is None
+
+
+def test_sweep_reads_the_table_once_and_wraps_around(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    for index in range(40):  # expiring entries between entries that stay
+        cache.set(f"pk{index:02d}", "gone", "v", ttl=10)
+        cache.set(f"pk{index:02d}", "kept", "v")
+    clock.advance(20)
+    assert cache._sweep_expired(15) == 15  # stops at pk14
+    cache.set("pk00", "late", "v", ttl=10)  # expires behind where the sweep stopped
+    cache.set("pk39", "late", "v", ttl=10)
+    clock.advance(20)
+    batches: list[int] = []
+    assert cache.sweep_expired(batch_size=10, progress=batches.append) == 25 + 2
+    assert batches == [10, 10, 7]  # pk15..pk24, pk25..pk34, pk35..pk39 + both late ones
+    assert sorted(entry.pk for entry in cache.entries()) == [f"pk{i:02d}" for i in range(40)]
+    assert cache.sweep_expired() == 0
+
+
+def test_sweep_keeps_an_entry_written_again_since_it_was_found(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(tmp_path / "cache.db")), clock=clock)
+    cache.set("pk", "a", "v", ttl=10)
+    cache.set("pk", "b", "v", ttl=10)
+    clock.advance(20)
+    statements: list[str] = []
+    connection = cache._local.connection.connection
+
+    def rewrite_after_the_search(statement: str) -> None:
+        statements.append(statement)
+        if statement == "BEGIN IMMEDIATE":
+            # Another process writes "a" again between the search and the deletion.
+            with closing(sqlite3.connect(tmp_path / "cache.db", isolation_level=None)) as other:
+                other.execute("UPDATE entries SET value = 'w', expires_at = NULL WHERE sk = 'a'")
+
+    connection.set_trace_callback(rewrite_after_the_search)
+    assert cache.sweep_expired() == 1
+    connection.set_trace_callback(None)
+    assert cache.get("pk", "a") == "w"
+    assert [statement.split()[0] for statement in statements] == [
+        "SELECT",
+        "BEGIN",
+        "DELETE",
+        "DELETE",
+        "COMMIT",
+    ]
+
+
+def test_the_benchmarks_ttl_subject_writes_only_expiring_entries() -> None:
+    with_ttl, without = ExpiringHandler("normal"), BulkLoadedHandler("normal")
+    measure({"with ttl": with_ttl, "without": without}, Workload(keys=30, calls=60, repeats=1))
+    expiring = [with_ttl.handler.expires_at(pk, sk) for pk, sk, _ in with_ttl.handler.entries()]
+    assert len(expiring) == 30 and None not in expiring
+    assert {without.expires_at(pk, sk) for pk, sk, _ in without.entries()} == {None}

@@ -162,6 +162,18 @@ class BaseCache(abc.ABC):
         )
 
     @classmethod
+    def supports_expiry(cls) -> bool:
+        """Tell whether the handler's ``set`` takes ``ttl``, so that entries expire.
+
+        Built-in handlers have the ability through
+        :class:`grove.caches.atomic.ExpiringCache`; a handler without it raises
+        ``NotImplementedError`` when given ``ttl``.
+
+        :return: ``True`` when the handler can expire entries.
+        """
+        return False
+
+    @classmethod
     def supports_listing(cls) -> bool:
         """Tell whether :meth:`entries` is implemented.
 

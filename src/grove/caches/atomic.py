@@ -11,14 +11,26 @@ conditional request, one SQL statement), and says how in its docstring:
 - :meth:`AtomicCache._write` stores a value if the entry is as expected;
 - :meth:`AtomicCache._remove` removes an entry if it is as expected.
 
+A write or removal whose condition fails returns ``False``, or better a :class:`Refused`
+carrying the stored value it saw in the same step: the public methods put that value on
+the :class:`~grove.exceptions.DataFormatException` they raise (its ``current``), so a
+caller can retry without a second read.
+
 Absence is the sentinel :data:`ABSENT`, never a falsy value: ``""`` is a stored value.
+Keys, values and constraints reach the primitives as exact ``str`` objects: a ``str``
+subclass (whose ``__eq__`` could lie) is copied to a plain ``str`` first.
+
+A handler with entries that expire also derives from :class:`ExpiringCache`, the expiry
+ability, and implements its primitives.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final, Literal
 
 from typing_extensions import override
@@ -27,6 +39,7 @@ from grove.caches import BaseCache, CacheEntry
 from grove.caches.validation import (
     check_key,
     check_one_key,
+    check_ttl,
     check_value,
     entry_is_plain,
     key_is_plain,
@@ -56,6 +69,32 @@ Expected = str | Literal[Sentinel.ABSENT, Sentinel.ANY]
 
 ExpectedToRemove = str | Literal[Sentinel.ANY]
 """What a removal requires of the entry: this exact value, or :data:`ANY`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refused condition, with what the primitive saw: an optional richer ``False``.
+
+    A write or removal primitive may return this instead of ``False`` when it read the
+    stored value in the same atomic step as the failed check, at no extra request. It
+    is falsy, so code that tests the outcome with ``if not written`` keeps working.
+    """
+
+    current: Stored = field(repr=False)
+    """The stored value the check saw, or :data:`ABSENT`."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+Outcome = bool | Refused
+"""What a write or removal primitive returns: ``True`` when done, ``False`` or a
+:class:`Refused` when the entry was not as expected."""
+
+Clock = Callable[[], float]
+"""A clock: returns the current time in seconds since the Unix epoch, like
+:func:`time.time`. Handlers whose caller's clock decides expiry accept one, so tests can
+move time."""
 
 _KEY_PREVIEW_CHARS = 80
 
@@ -88,6 +127,12 @@ class AtomicCache(BaseCache):
     re-raise them as :class:`~grove.exceptions.AccessException` with the exception as
     its cause."""
 
+    reports_current: ClassVar[bool] = False
+    """``True`` when every refused write or removal returns a :class:`Refused`, so every
+    :class:`~grove.exceptions.DataFormatException` it causes says what was stored. A hint
+    for callers choosing between trying a write first and reading first
+    (:mod:`grove.caches.lease` does); ``current_known`` on each exception is the truth."""
+
     def location(self) -> str:
         """Say where this handler keeps its entries, for messages.
 
@@ -105,7 +150,7 @@ class AtomicCache(BaseCache):
         """
 
     @abc.abstractmethod
-    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> Outcome:
         """Store a value if the entry is as expected, as one atomic step.
 
         :param pk: The partition key, already checked.
@@ -113,20 +158,22 @@ class AtomicCache(BaseCache):
         :param value: The value to store, already checked.
         :param expected: :data:`ANY` to write unconditionally, :data:`ABSENT` to write
             only when no value is stored, or a value the stored one must equal.
-        :return: ``True`` when the value was stored, ``False`` when the entry was not as
-            expected (and nothing changed).
+        :return: ``True`` when the value was stored; ``False`` when the entry was not as
+            expected (and nothing changed), or a :class:`Refused` saying what was stored
+            if the step saw it.
         """
 
     @abc.abstractmethod
-    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:
         """Remove an entry if it is as expected, as one atomic step.
 
         :param pk: The partition key, already checked.
         :param sk: The sort key, already checked.
         :param expected: :data:`ANY` to remove whatever is stored (an absent entry is not
             an error), or a value the stored one must equal.
-        :return: ``True`` when the entry is gone, ``False`` when it was not as expected
-            (and nothing changed).
+        :return: ``True`` when the entry is gone; ``False`` when it was not as expected
+            (and nothing changed), or a :class:`Refused` saying what was stored if the
+            step saw it.
         """
 
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
@@ -183,6 +230,32 @@ class AtomicCache(BaseCache):
                 f"{self.location()}: {type(exc).__name__}: {exc}"
             ) from exc
 
+    def _check_ttl(self, ttl: object) -> float:
+        """Check ``ttl`` and that this handler can expire entries.
+
+        :param ttl: The ``ttl`` argument of :meth:`set`.
+        :raises TypeError: It is not seconds or a timedelta.
+        :raises ValueError: It is out of range.
+        :raises NotImplementedError: This handler has no expiry ability.
+        :return: The time to live in seconds.
+        """
+        seconds = check_ttl(ttl)
+        if not self.supports_expiry():
+            raise NotImplementedError(f"{self.location()} cannot expire entries (ttl given)")
+        return seconds
+
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
+        """Store a value that expires; the primitive of the expiry ability.
+
+        :class:`ExpiringCache` declares it abstract; :meth:`set` calls it only on
+        handlers that have the ability.
+
+        :raises NotImplementedError: Always, here.
+        """
+        raise NotImplementedError(f"{self.location()} cannot expire entries")
+
     def _access_error(self, operation: str, pk: str, sk: str, exc: Exception) -> AccessException:
         return AccessException(
             f"{operation} of {describe_key(pk, sk)} failed in {self.location()}: "
@@ -203,6 +276,7 @@ class AtomicCache(BaseCache):
         """
         if not key_is_plain(pk, sk):
             check_key(pk, sk)
+            pk, sk = str.__str__(pk), str.__str__(sk)
         try:
             value = self._read(pk, sk)
         except self.driver_errors as exc:
@@ -219,35 +293,49 @@ class AtomicCache(BaseCache):
         value: str,
         not_set: bool = False,
         constraint: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
     ) -> None:
         """Store a value under a key, optionally only if the entry is as expected.
 
         :param pk: Partition key of the value to store.
         :param sk: Sort key of the value to store.
         :param value: Value to store.
-        :param not_set: Store only if no value is stored yet (``""`` is a stored value).
+        :param not_set: Store only if no value is stored yet (``""`` is a stored value;
+            an expired entry is not).
         :param constraint: Store only if the stored value equals this one.
-        :raises TypeError: A key, the value or the constraint is not a ``str``.
-        :raises ValueError: A key or the value breaks the rules, or both ``not_set`` and
-            ``constraint`` were given.
+        :param ttl: Let the entry expire this long after the write: seconds above zero,
+            or a :class:`~datetime.timedelta`, at most ten years. ``None`` stores an
+            entry that never expires, clearing any earlier expiry. Only handlers with
+            the expiry ability (:meth:`~grove.caches.BaseCache.supports_expiry`) take it.
+        :raises TypeError: A key, the value, the constraint or ``ttl`` is of the wrong
+            type.
+        :raises ValueError: A key, the value or ``ttl`` breaks the rules, or both
+            ``not_set`` and ``constraint`` were given.
+        :raises NotImplementedError: ``ttl`` was given to a handler without expiry.
         :raises DataFormatException: The entry was not as expected; nothing changed.
         :raises AccessException: The storage failed; nothing changed.
         """
         if not entry_is_plain(pk, sk, value, self.max_value_bytes):
             check_key(pk, sk)
             check_value(value, max_bytes=self.max_value_bytes)
+            pk, sk, value = str.__str__(pk), str.__str__(sk), str.__str__(value)
         expected: Expected
         if constraint is not None:
             if not_set:
                 raise ValueError("not_set and constraint cannot be used together")
             check_value(constraint, max_bytes=None, what="constraint")
-            expected = constraint
+            expected = str.__str__(constraint)
         elif not_set:
             expected = ABSENT
         else:
             expected = ANY
+        seconds = None if ttl is None else self._check_ttl(ttl)
         try:
-            written = self._write(pk, sk, value, expected)
+            if seconds is None:
+                written = self._write(pk, sk, value, expected)
+            else:
+                written = self._write_expiring(pk, sk, value, expected, seconds)
         except self.driver_errors as exc:
             raise self._access_error("set", pk, sk, exc) from exc
         if not written:
@@ -256,7 +344,7 @@ class AtomicCache(BaseCache):
                 if expected is ABSENT
                 else "the stored value does not match the constraint, or none is stored"
             )
-            raise DataFormatException(f"set of {describe_key(pk, sk)} refused: {reason}")
+            raise _refusal(f"set of {describe_key(pk, sk)} refused: {reason}", written)
 
     @override
     def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
@@ -275,16 +363,145 @@ class AtomicCache(BaseCache):
         """
         if not key_is_plain(pk, sk):
             check_key(pk, sk)
+            pk, sk = str.__str__(pk), str.__str__(sk)
         expected: ExpectedToRemove = ANY
         if constraint is not None:
             check_value(constraint, max_bytes=None, what="constraint")
-            expected = constraint
+            expected = str.__str__(constraint)
         try:
             removed = self._remove(pk, sk, expected)
         except self.driver_errors as exc:
             raise self._access_error("delete", pk, sk, exc) from exc
         if not removed:
-            raise DataFormatException(
+            raise _refusal(
                 f"delete of {describe_key(pk, sk)} refused: the stored value does not "
-                "match the constraint, or none is stored"
+                "match the constraint, or none is stored",
+                removed,
             )
+
+
+def _refusal(message: str, outcome: Outcome) -> DataFormatException:
+    """The exception for a refused condition, with the stored value when the primitive saw it."""
+    if isinstance(outcome, Refused):
+        current = None if outcome.current is ABSENT else outcome.current
+        return DataFormatException(message, current=current, current_known=True)
+    return DataFormatException(message)
+
+
+class ExpiringCache(AtomicCache):
+    """The expiry ability: entries that remove themselves a time to live after a write.
+
+    An expired entry is absent for every call: ``get`` raises ``NotFoundException``,
+    ``not_set`` succeeds over it, a ``constraint`` never matches it, a conditional delete
+    of it is refused, an unconditional one is no error, and listing skips it. A handler
+    with this ability implements :meth:`_write_expiring`, :meth:`_read_expiry` and
+    :meth:`_sweep_expired`, and makes every primitive of :class:`AtomicCache` treat an
+    expired entry as absent within the same atomic step. Its plain :meth:`_write` stores
+    an entry that does not expire, clearing any earlier expiry.
+
+    :attr:`clock_owner` says whose clock decides. A handler on which the caller's clock
+    decides takes a :data:`Clock` in its constructor (``time.time`` by default), and
+    says in its docstring what clock skew between hosts does to it.
+    """
+
+    clock_owner: ClassVar[Literal["caller", "server"]] = "caller"
+    """``"server"`` when the backend's clock decides expiry (Redis, PostgreSQL),
+    ``"caller"`` when the clock of the process making the call does."""
+
+    @override
+    @classmethod
+    def supports_expiry(cls) -> bool:
+        return True
+
+    @override
+    @abc.abstractmethod
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
+        """Store a value that expires ``ttl`` seconds from now, as one atomic step.
+
+        Like :meth:`AtomicCache._write`, with value and expiry replaced together.
+
+        :param pk: The partition key, already checked.
+        :param sk: The sort key, already checked.
+        :param value: The value to store, already checked.
+        :param expected: :data:`ANY`, :data:`ABSENT` (an expired entry is absent) or a
+            value the stored, unexpired one must equal.
+        :param ttl: Seconds from now, already checked (above zero, at most ten years).
+        :return: ``True`` when stored; ``False`` or a :class:`Refused` when the entry was
+            not as expected.
+        """
+
+    @abc.abstractmethod
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Return when an entry expires.
+
+        :param pk: The partition key, already checked.
+        :param sk: The sort key, already checked.
+        :return: Seconds since the Unix epoch, ``None`` for an entry that does not
+            expire, or :data:`ABSENT` for an absent or expired entry.
+        """
+
+    @abc.abstractmethod
+    def _sweep_expired(self, limit: int) -> int:
+        """Remove at most ``limit`` expired entries, in one bounded step.
+
+        An entry written again meanwhile (so no longer expired) must survive.
+
+        :param limit: The most entries to remove.
+        :return: How many entries were removed.
+        """
+
+    def expires_at(self, pk: str, sk: str) -> datetime | None:
+        """Tell when the entry under a key expires.
+
+        :param pk: Partition key of the entry.
+        :param sk: Sort key of the entry.
+        :raises TypeError: A key is not a ``str``.
+        :raises ValueError: A key breaks the key rules.
+        :raises NotFoundException: No unexpired entry is stored.
+        :raises AccessException: The storage failed.
+        :return: The moment it expires (timezone-aware, UTC), or ``None`` when it never
+            does.
+        """
+        check_key(pk, sk)
+        pk, sk = str.__str__(pk), str.__str__(sk)
+        try:
+            moment = self._read_expiry(pk, sk)
+        except self.driver_errors as exc:
+            raise self._access_error("expires_at", pk, sk, exc) from exc
+        if moment is ABSENT:
+            raise NotFoundException(f"no value for {describe_key(pk, sk)} in {self.location()}")
+        return None if moment is None else datetime.fromtimestamp(moment, UTC)
+
+    def sweep_expired(
+        self, batch_size: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Remove expired entries from the storage, in batches of bounded size.
+
+        Expired entries are already absent for every call; this reclaims their space.
+        Safe to run beside handlers in use: an entry written again is kept.
+
+        :param batch_size: The most entries removed in one step (one transaction,
+            request or scan page).
+        :param progress: Called with the number removed after each batch.
+        :raises ValueError: ``batch_size`` is below 1.
+        :raises AccessException: The storage failed; batches already done stay done.
+        :return: How many entries were removed.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        total = 0
+        while True:
+            try:
+                removed = self._sweep_expired(batch_size)
+            except self.driver_errors as exc:
+                raise AccessException(
+                    f"sweep of expired entries failed in {self.location()}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            total += removed
+            if progress is not None:
+                progress(removed)
+            if removed < batch_size:
+                return total

@@ -10,33 +10,66 @@ Layout
     (``.cache`` counted) is cut into pieces of 240 bytes, each a directory named ``%+<piece>``
     except the last, which is named ``%=<piece>``. Escaping is one-to-one and no name it
     makes is ``.``, ``..``, contains ``/`` or NUL, or starts with ``.``, so distinct keys
-    never share a file, nothing is created outside ``<path>``, and names starting with
-    ``.`` are free for the handler's own files: temporary files ``.tmp.*`` beside the
-    entries and lock files in ``<path>/.locks/``. Listing decodes the names back and skips
-    any name that escaping would not have produced. Names are compared byte for byte, as
-    Linux file systems do; on a case-insensitive file system (macOS, Windows shares) keys
-    that differ only in case would share a file, so use a case-sensitive one.
+    never share a file and names starting with ``.`` are free for the handler's temporary
+    files (``.tmp.*``, beside the entries). Listing decodes the names back and skips any
+    name that escaping would not have produced. Names are compared byte for byte, as Linux
+    file systems do; on a case-insensitive file system (macOS, Windows shares) keys that
+    differ only in case would share a file, so use a case-sensitive one.
+
+The boundary
+    Nothing outside ``<path>`` is ever created, changed, read or removed, whatever is
+    planted inside it. The configured path is resolved once, when the handler is built
+    (symlinks in it are followed then); below it no symlink is ever followed. On Linux 5.6
+    and later every path below ``<path>`` is opened with ``openat2`` and
+    ``RESOLVE_NO_SYMLINKS``, in one system call; elsewhere the directories are opened one by
+    one with ``O_NOFOLLOW | O_DIRECTORY`` and entry files with ``O_NOFOLLOW``. Every
+    creation, rename and unlink is made relative to a descriptor of the entry's directory,
+    never through a path that the kernel would resolve again. A symlink, or a file that is
+    not a directory, met where the cache keeps its own directory or reads its own file, is
+    an :class:`~grove.exceptions.AccessException` naming that path. A plain ``set`` or
+    ``delete`` replaces or removes a symlink planted as an entry file (the link, never its
+    target), as it overwrites an entry that is not valid UTF-8.
 
 Atomicity
     A write goes to a fresh temporary file in the entry's directory, which then replaces the
-    entry with ``os.replace`` (one ``rename``): a reader opens either the old file or the
-    new one, whole, even if the writer is killed at any instant. A temporary file left by a
-    killed writer is never read (its name is not an entry's). :meth:`Handler.setup` tidies
-    the directory: it removes temporary files older than :data:`STALE_TEMPORARY_SECONDS`
-    and directories left empty by deletes. Deletes leave directories in place, as upstream
+    entry with one ``rename``: a reader opens either the old file or the new one, whole,
+    even if the writer is killed at any instant. A temporary file left by a killed writer
+    is never read (its name is not an entry's); a write that fails or is interrupted
+    (``KeyboardInterrupt`` included) removes its own. :meth:`Handler.setup` tidies the
+    directory: it removes temporary files older than :data:`STALE_TEMPORARY_SECONDS` and
+    directories left empty by deletes as long ago. Deletes leave directories in place, as upstream
     Grove does, so that taking and releasing a lock does not create and sync a directory
     each time.
 
-    Every write and delete holds a lock on the key's stripe, one of :data:`LOCK_STRIPES`
-    lock files chosen by a hash of the key: ``fcntl.flock`` on the file, which excludes
-    other processes, under a ``threading.Lock`` that excludes other threads of this process
-    (they share the lock file's descriptor, so ``flock`` alone would not). The lock spans
-    the check of a condition and the rename or unlink, so a conditional call is one step;
-    unconditional writes and deletes take it too, so that none can land between another
-    call's check and its write. An unconditional write makes its temporary file before it
-    takes the lock, which it holds for the rename only; the directory is synced after the
-    lock is released. Reads take no lock. ``flock`` does not work across hosts on network
-    file systems (NFS, SMB): they are not supported.
+    Every write and delete holds ``flock`` on the entry's directory, on a descriptor opened
+    for that call (each open is its own lock, so the threads of a process exclude each
+    other as processes do). The lock spans the check of a condition and the rename or
+    unlink, so a conditional call is one step; unconditional writes and deletes take it
+    too, so that none can land between another call's check and its write. An
+    unconditional write makes its temporary file before it takes the lock, which it holds
+    for the rename only; the directory is synced after the lock is released. Reads take no
+    lock. ``flock`` does not work across hosts on network file systems (NFS, SMB): they are
+    not supported.
+
+    The lock is the directory that the call then changes, opened afresh by every call from
+    the path: no lock outlives a call, and none is held on a directory that was not at its
+    path when the call began. If that directory is removed meanwhile (a tidy, or
+    ``rm -rf <path>``), creating or renaming anything in it fails, so the call starts again
+    from the path; an entry found absent in it is reported absent only after checking that
+    the directory is still the one at the path. So a lock on a removed or replaced
+    directory never counts, however often ``<path>`` is removed, recreated or restored
+    under running handlers (a directory moved away in the middle of a call takes that
+    call's change with it, as it would a moment after the call). Earlier releases locked
+    files in ``<path>/.locks/``, which this one neither uses nor removes: stop processes
+    running an earlier release before starting this one on the same directory.
+
+The root
+    ``<path>`` and its missing parents are created (mode 0700) by :meth:`Handler.setup` and
+    by the first write that needs them, never by a read, a refused condition or a delete.
+    A ``<path>`` that has gone is never taken for an empty store: ``get``, ``set`` with a
+    constraint, ``delete`` and listing raise :class:`~grove.exceptions.AccessException`
+    rather than report an entry absent (``set`` and ``set(not_set=True)`` make it again, as
+    a first write).
 
 Durability
     With ``fsync`` on (the default), the temporary file is synced before the rename, and
@@ -49,16 +82,17 @@ Durability
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import itertools
 import os
 import re
 import stat
-import threading
+import sys
 import time
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -73,7 +107,6 @@ from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.exceptions import AccessException
 
 __all__ = [
-    "LOCK_STRIPES",
     "NAME_MAX",
     "STALE_TEMPORARY_SECONDS",
     "SUFFIX",
@@ -101,12 +134,6 @@ MORE: Final = "%+"
 LAST: Final = "%="
 """The prefix of the last piece of a long name."""
 
-LOCK_STRIPES: Final = 64
-"""How many lock files guard the entries; a key's stripe is a hash of its file name."""
-
-LOCKS_DIRECTORY: Final = ".locks"
-"""The directory under ``<path>`` holding the lock files."""
-
 TEMPORARY_PREFIX: Final = ".tmp."
 """The prefix of temporary files, which escaped names never start with."""
 
@@ -114,8 +141,11 @@ STALE_TEMPORARY_SECONDS: Final = 600.0
 """Age after which :meth:`Handler.setup` removes a temporary file as a crashed writer's.
 
 A writer keeps its temporary file for the time one write takes; a temporary file removed
-while a (stopped, not crashed) writer still needs it makes that write fail, never the
-store inconsistent."""
+while a (stopped, not crashed) writer still needs it makes that write start again, never
+the store inconsistent."""
+
+ATTEMPTS: Final = 64
+"""How often a call starts again when a directory it works in is removed under it."""
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPES = tuple(chr(byte) if byte in _UNRESERVED else f"%{byte:02X}" for byte in range(256))
@@ -134,12 +164,67 @@ _READ_CHUNK = 65536  # written out in Handler._read, the hot path
 _os_open = os.open
 _os_read = os.read
 _os_close = os.close
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
+# O_NONBLOCK: a FIFO planted as an entry file must not block a read forever.
+_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _O_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the configured path is trusted
 _O_TEMPORARY = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_O_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _DIRECTORY_MODE = 0o700
 _FILE_MODE = 0o600
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how``, the argument of ``openat2(2)``."""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+# openat2 is system call 437 on every architecture that shares the generic numbering
+# (all added since Linux 5.1); the others (alpha, ia64, mips) use the fallback.
+_SYS_OPENAT2 = 437
+_OPENAT2_MACHINES = frozenset(
+    {"x86_64", "i386", "i486", "i586", "i686", "aarch64", "arm64", "armv6l", "armv7l",
+     "armv8l", "ppc64", "ppc64le", "s390x", "riscv64", "loongarch64"}
+)  # fmt: skip
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_NO_MAGICLINKS = 0x02
+_READ_HOW = _OpenHow(_O_READ, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+_DIRECTORY_HOW = _OpenHow(_O_DIRECTORY, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+# Arguments made once: converting Python ints on every call shows in a read's cost.
+_OPENAT2_ARGUMENTS = (
+    ctypes.c_long(_SYS_OPENAT2),
+    ctypes.c_long(-100),  # AT_FDCWD: the paths are absolute
+    ctypes.c_size_t(ctypes.sizeof(_OpenHow)),
+)
+_READ_HOW_REFERENCE = ctypes.byref(_READ_HOW)
+_DIRECTORY_HOW_REFERENCE = ctypes.byref(_DIRECTORY_HOW)
+
+
+@functools.cache
+def _openat2() -> Callable[..., int] | None:
+    """Return libc's ``syscall`` when ``openat2`` works here, else ``None``; probed once.
+
+    A kernel older than 5.6 answers ``ENOSYS``; a seccomp filter may answer ``EPERM``.
+    """
+    if sys.platform != "linux" or os.uname().machine not in _OPENAT2_MACHINES:
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    number, at_cwd, size = _OPENAT2_ARGUMENTS
+    probe: int = syscall(number, at_cwd, b"/", _DIRECTORY_HOW_REFERENCE, size)
+    if probe < 0:
+        return None
+    os.close(probe)
+    return syscall
 
 
 def escape(key: str) -> str:
@@ -233,140 +318,137 @@ class Configuration(HandlerConfiguration):
     )
 
 
-class _StripeLocks:
-    """The lock files of one cache directory, shared by all handlers on it in a process.
-
-    A stripe's lock is its ``threading.Lock`` (for the threads of this process, which share
-    one descriptor per lock file) and then ``flock`` on that descriptor (for processes).
-    """
-
-    def __init__(self, root: str) -> None:
-        self.directory = os.path.join(root, LOCKS_DIRECTORY)
-        self.root = root
-        self.mutexes = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self.descriptors = [-1] * LOCK_STRIPES
-
-    def acquire(self, stripe: int) -> int:
-        """Take a stripe's lock, waiting as long as it takes.
-
-        :param stripe: The stripe, below :data:`LOCK_STRIPES`.
-        :raises OSError: The lock file cannot be created or locked.
-        :return: The descriptor to pass to :meth:`release`.
-        """
-        mutex = self.mutexes[stripe]
-        mutex.acquire()
-        try:
-            descriptor = self.descriptors[stripe]
-            if descriptor < 0:
-                descriptor = self.descriptors[stripe] = self._open(stripe)
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except BaseException:
-            mutex.release()
-            raise
-        return descriptor
-
-    def release(self, stripe: int, descriptor: int) -> None:
-        """Release a stripe's lock taken with :meth:`acquire`.
-
-        :param stripe: The stripe.
-        :param descriptor: What :meth:`acquire` returned.
-        """
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-        finally:
-            self.mutexes[stripe].release()
-
-    def _open(self, stripe: int) -> int:
-        path = f"{self.directory}/{stripe:02x}"
-        try:
-            return os.open(path, _O_LOCK, _FILE_MODE)
-        except FileNotFoundError:
-            _make_directory(self.directory, self.root)
-            return os.open(path, _O_LOCK, _FILE_MODE)
-
-    def forget(self) -> None:
-        """Drop the descriptors and locks inherited through ``fork``.
-
-        A child shares its parent's open lock files, and so its ``flock`` locks: it must
-        open its own. Closing the inherited copies releases nothing the parent holds.
-        """
-        for descriptor in self.descriptors:
-            if descriptor >= 0:
-                os.close(descriptor)
-        self.descriptors = [-1] * LOCK_STRIPES
-        self.mutexes = [threading.Lock() for _ in range(LOCK_STRIPES)]
-
-
-_stripe_locks: dict[str, _StripeLocks] = {}
-_stripe_locks_guard = threading.Lock()
 _temporary_counter = itertools.count()
 _pid = os.getpid()
-
-
-def _locks_for(root: str) -> _StripeLocks:
-    with _stripe_locks_guard:
-        locks = _stripe_locks.get(root)
-        if locks is None:
-            locks = _stripe_locks[root] = _StripeLocks(root)
-        return locks
+_FS_ENCODING = sys.getfilesystemencoding()
+_NR_OPENAT2, _AT_CWD, _HOW_SIZE = _OPENAT2_ARGUMENTS
 
 
 def _after_fork_in_child() -> None:
-    global _stripe_locks_guard, _pid  # noqa: PLW0603 - per-process state, reset by fork.
+    global _pid  # noqa: PLW0603 - per-process state, reset by fork.
     _pid = os.getpid()
-    _stripe_locks_guard = threading.Lock()
-    for locks in _stripe_locks.values():
-        locks.forget()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _make_directory(path: str, root: str) -> bool:
-    """Create one directory (mode 0700) whose parent exists; say whether it was created."""
-    try:
-        os.mkdir(path, _DIRECTORY_MODE)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        if not os.path.isdir(root):
-            raise _missing_root(root) from None
-        raise
-    return True
+def _symlink_error(path: str) -> OSError:
+    return OSError(errno.ELOOP, "a symbolic link where the cache keeps its own file", path)
+
+
+def _not_directory_error(path: str) -> OSError:
+    return NotADirectoryError(errno.ENOTDIR, "not a directory, where the cache keeps one", path)
 
 
 def _missing_root(root: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "the cache directory does not exist", root)
 
 
-def _read_rest(descriptor: int, first: bytes) -> bytes:
+def _diagnose(root: str, path: str, code: int) -> OSError:
+    """Name what made an open of ``path`` (``root`` or below it) fail with ``code``.
+
+    Only ``ELOOP`` (a symlink) and ``ENOTDIR`` (a file where a directory belongs) need a
+    look at the path; ``lstat`` follows nothing, and the parts are looked at outermost
+    first, so nothing outside the root is looked at through a link.
+    """
+    if code in (errno.ELOOP, errno.ENOTDIR):
+        current = root
+        names = path[len(root) + 1 :].split("/") if path != root else []
+        for index in range(len(names) + 1):
+            if index:
+                current = f"{current}/{names[index - 1]}"
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                break
+            if stat.S_ISLNK(mode):
+                return _symlink_error(current)
+            if not stat.S_ISDIR(mode) and current != path:
+                return _not_directory_error(current)
+    return OSError(code, os.strerror(code), path)
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """Re-make an error of a call relative to a descriptor so that it names the path."""
+    if exc.errno == errno.ELOOP:
+        return _symlink_error(path)
+    if exc.errno == errno.ENOTDIR:
+        return _not_directory_error(path)
+    if exc.errno == errno.EISDIR:
+        return IsADirectoryError(errno.EISDIR, "a directory, where the cache keeps a file", path)
+    return OSError(exc.errno, exc.strerror, path)
+
+
+def _make_directories(path: str, sync: bool) -> bool:
+    """Create a directory and its missing parents, each mode 0700; say if it was created."""
+    try:
+        os.mkdir(path, _DIRECTORY_MODE)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise
+        _make_directories(parent, sync)
+        try:
+            os.mkdir(path, _DIRECTORY_MODE)
+        except FileExistsError:
+            return False
+    os.chmod(path, _DIRECTORY_MODE)  # mkdir's mode is masked by the umask
+    if sync:
+        _sync_directory(os.path.dirname(path))
+    return True
+
+
+def _read_rest(descriptor: int, first: bytes, path: str) -> bytes:
+    """Read what follows a first read that filled its buffer, or check an empty one.
+
+    Only a regular file ends: a device planted as an entry file could be read forever, and
+    a FIFO reads as empty.
+    """
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file, where the cache keeps an entry", path)
     chunks = [first]
     while chunk := os.read(descriptor, 1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _read_file(path: str, dir_fd: int | None) -> bytes | None:
-    """Read a whole entry file, or return ``None`` when it does not exist.
+def _read_descriptor(descriptor: int, path: str) -> bytes:
+    """Read a whole entry file from its descriptor, and close it.
 
     An entry file is never changed once it has its name (writes replace it), and a regular
     file returns fewer bytes than asked for only at its end, so a short first read is all.
     """
     try:
-        descriptor = os.open(path, _O_READ, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(descriptor, _READ_CHUNK)
-        if len(data) == _READ_CHUNK:
-            data = _read_rest(descriptor, data)
+        data = _os_read(descriptor, _READ_CHUNK)
+        if len(data) == _READ_CHUNK or not data:
+            data = _read_rest(descriptor, data, path)
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
-        os.close(descriptor)
+        _os_close(descriptor)
     return data
 
 
-def _sync_directory(path: str, dir_fd: int | None = None) -> None:
-    descriptor = os.open(path, _O_DIRECTORY, dir_fd=dir_fd)
+def _read_entry(name: str, directory: int, path: str) -> bytes | None:
+    """Read an entry file relative to its directory, or return ``None`` if it is absent.
+
+    :param name: The file's name.
+    :param directory: A descriptor of its directory.
+    :param path: The file's path, for messages.
+    """
+    try:
+        descriptor = os.open(name, _O_READ, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _named(exc, path) from None
+    return _read_descriptor(descriptor, path)
+
+
+def _sync_directory(path: str) -> None:
+    descriptor = os.open(path, _O_DIRECTORY)
     try:
         os.fsync(descriptor)
     finally:
@@ -374,103 +456,37 @@ def _sync_directory(path: str, dir_fd: int | None = None) -> None:
 
 
 class _Spot:
-    """Where one entry lives: its directory, its file, and its lock stripe.
+    """Where one entry lives: the directories from ``<path>`` down to it, and its file.
 
-    For keys whose names fit in single components the directory is a path string. For
-    longer keys the full path may exceed ``PATH_MAX``, so the directories are opened one by
-    one from ``<path>`` and every call is made relative to the innermost descriptor.
+    Keys whose names fit in single components have one directory. Longer keys have a chain
+    of them, whose full path may exceed ``PATH_MAX``; they are opened one by one.
     """
 
-    __slots__ = ("chain", "descriptors", "dir_fd", "directory", "file", "names", "prefix", "stripe")
+    __slots__ = ("directories", "file")
 
-    def __init__(self, root: str, pk: str, sk: str) -> None:
-        joined = f"{pk}/{sk}"
-        self.dir_fd: int | None = None
-        self.descriptors: list[int] = []
-        if _plain_entry(joined):
-            self.chain = False
-            self.names = [pk]
-            self.directory = directory = f"{root}/{pk}"
-            self.prefix = f"{directory}/"
-            self.file = f"{directory}/{sk}.cache"
-            self.stripe = zlib.crc32(joined.encode()) % LOCK_STRIPES
+    def __init__(self, pk: str, sk: str) -> None:
+        if _plain_entry(f"{pk}/{sk}"):
+            self.directories = [pk]
+            self.file = f"{sk}{SUFFIX}"
             return
         files = encode_components(sk, SUFFIX)
-        self.names = [*encode_components(pk, ""), *files[:-1]]
-        self.chain = len(self.names) > 1
-        relative = "/".join([*self.names, files[-1]])
-        self.stripe = zlib.crc32(relative.encode("ascii")) % LOCK_STRIPES
-        if self.chain:
-            self.directory = self.prefix = ""
-            self.file = files[-1]
-        else:
-            self.directory = f"{root}/{self.names[0]}"
-            self.prefix = self.directory + "/"
-            self.file = self.prefix + files[-1]
+        self.directories = [*encode_components(pk, ""), *files[:-1]]
+        self.file = files[-1]
 
-    def open(self, root: str, *, create: bool, sync: bool) -> bool:
-        """Open the chain of directories of a long key, creating them if asked.
-
-        :param root: The cache directory.
-        :param create: Create missing directories (mode 0700).
-        :param sync: Sync each created directory into its parent.
-        :return: ``False`` when a directory is missing and ``create`` is false.
-        """
-        if not self.chain:
-            return True
-        self.close()
-        try:
-            self.descriptors.append(os.open(root, _O_DIRECTORY))
-            self.dir_fd = self.descriptors[-1]
-        except FileNotFoundError:
-            raise _missing_root(root) from None
-        for name in self.names:
-            parent = self.descriptors[-1]
-            try:
-                self.descriptors.append(os.open(name, _O_DIRECTORY, dir_fd=parent))
-                self.dir_fd = self.descriptors[-1]
-                continue
-            except FileNotFoundError:
-                if not create:
-                    self.close()
-                    return False
-            try:
-                os.mkdir(name, _DIRECTORY_MODE, dir_fd=parent)
-            except FileExistsError:
-                pass
-            else:
-                if sync:
-                    os.fsync(parent)
-            self.descriptors.append(os.open(name, _O_DIRECTORY, dir_fd=parent))
-        self.dir_fd = self.descriptors[-1]
-        return True
-
-    def make_directories(self, root: str, *, sync: bool) -> None:
-        """Create the entry's directories, after a write found them missing."""
-        if self.chain:
-            self.open(root, create=True, sync=sync)
-        elif _make_directory(self.directory, root) and sync:
-            _sync_directory(root)
-
-    def sync_directory(self) -> None:
-        """Sync the entry's directory, making a rename or unlink in it durable."""
-        if self.chain:
-            os.fsync(self.descriptors[-1])
-        else:
-            _sync_directory(self.directory)
-
-    def close(self) -> None:
-        """Close the descriptors of a long key's directories."""
-        for descriptor in self.descriptors:
-            os.close(descriptor)
-        self.descriptors.clear()
-        self.dir_fd = None
+    def path(self, root: str, depth: int | None = None) -> str:
+        """Return the path of the entry's file, or of its ``depth``-th directory."""
+        if depth is None:
+            return "/".join([root, *self.directories, self.file])
+        return "/".join([root, *self.directories[:depth]])
 
 
 class Handler(AtomicCache):
     """A local file backed cache for pointers and other Grove data."""
 
     driver_errors = (OSError, CorruptEntryError)
+
+    _flock = staticmethod(fcntl.flock)
+    """Takes and releases a directory's lock; the benchmark replaces it to measure it."""
 
     def __init__(self, config: Configuration | None = None) -> None:
         """Build a handler on a directory; nothing is touched until the first call.
@@ -480,24 +496,28 @@ class Handler(AtomicCache):
             invalid setting.
         """
         self.config = config if config is not None else Configuration.from_environment()
-        self._root = os.path.abspath(self.config.path)
+        self._path = os.path.abspath(self.config.path)
+        self._root = os.path.realpath(self._path)
         self._prefix = self._root + "/"
         self._fsync = self.config.fsync
-        self._locks = _locks_for(self._root)
+        self._openat2 = _openat2()
 
     @override
     def location(self) -> str:
-        return f"local_file cache at {self._root}"
+        return f"local_file cache at {self._path}"
 
     @override
     def setup(self) -> None:
-        """Check that the cache directory exists and is writable; remove stale temporaries.
+        """Create the cache directory if it is missing, check it, remove stale temporaries.
 
-        :raises AccessException: The directory is missing, not a directory, or not
-            writable; the message names it.
+        The directory and its missing parents are created with mode 0700.
+
+        :raises AccessException: The directory cannot be created, is not a directory, or
+            is not writable; the message names it.
         """
         variable = Configuration.env_name("path")
         try:
+            _make_directories(self._root, self._fsync)
             status = os.stat(self._root)
         except OSError as exc:
             raise AccessException(
@@ -523,31 +543,24 @@ class Handler(AtomicCache):
         :return: What was done, in one line.
         """
         existed = os.path.isdir(self._root)
-        if not existed:
-            try:
-                os.makedirs(self._root, mode=0o700, exist_ok=True)
-                os.chmod(self._root, 0o700)  # makedirs' mode is masked by the umask
-            except OSError as exc:
-                raise AccessException(
-                    f"{self.location()}: the directory cannot be created: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
         self.setup()
         return f"{'found' if existed else 'created'} {self.location()}"
 
     def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
         """Remove the temporary files of crashed writers, and directories left empty.
 
-        :meth:`setup` calls this. It is safe while other handlers use the directory: a
-        writer recreates a directory removed under it, and a temporary file is removed only
-        when it is older than any write takes.
+        :meth:`setup` calls this. It is safe while other handlers use the directory: only
+        temporary files and empty directories unchanged for ``older_than`` seconds go,
+        which is longer than any write takes, and a writer whose directory is removed
+        under it anyway starts again. Directories whose names start with ``.`` are not the
+        cache's and are left alone.
 
-        :param older_than: Remove temporary files last modified this many seconds ago or
-            more.
+        :param older_than: Remove temporary files and empty directories last changed this
+            many seconds ago or more.
         :raises OSError: The directory cannot be read.
         :return: How many temporary files were removed.
         """
-        root = os.open(self._root, _O_DIRECTORY)
+        root = self._open_root()
         try:
             return _tidy(root, time.time() - older_than)
         finally:
@@ -559,26 +572,40 @@ class Handler(AtomicCache):
     def _read(self, pk: str, sk: str) -> Stored:
         """Atomic: one ``open`` sees either the old or the new file of a rename; no lock."""
         joined = f"{pk}/{sk}"
-        if _plain_entry(joined):
-            # The hot path, inlined: the keys Grove writes are their own file names.
-            try:
-                descriptor = _os_open(f"{self._prefix}{joined}.cache", _O_READ)
-            except FileNotFoundError:
-                return self._absent()
+        openat2 = self._openat2
+        if openat2 is not None and _plain_entry(joined):
+            # The hot path, inlined: the keys Grove writes are their own file names, and
+            # one openat2 call resolves the path without following a symlink.
+            path = f"{self._prefix}{joined}{SUFFIX}"
+            descriptor = openat2(
+                _NR_OPENAT2,
+                _AT_CWD,
+                path.encode(_FS_ENCODING, "surrogateescape"),
+                _READ_HOW_REFERENCE,
+                _HOW_SIZE,
+            )
+            if descriptor < 0:
+                code = ctypes.get_errno()
+                if code == errno.ENOENT:
+                    return self._absent()
+                raise _diagnose(self._root, path, code)
             try:
                 data = _os_read(descriptor, 65536)
-                if len(data) == 65536:
-                    data = _read_rest(descriptor, data)
+                if len(data) == 65536 or not data:
+                    data = _read_rest(descriptor, data, path)
+            except OSError as exc:
+                raise _named(exc, path) from None
             finally:
                 _os_close(descriptor)
         else:
-            spot = _Spot(self._root, pk, sk)
+            spot = _Spot(pk, sk)
+            directory = self._open_directory(spot, create=False)
+            if directory is None:
+                return self._absent()
             try:
-                if not spot.open(self._root, create=False, sync=False):
-                    return self._absent()
-                found = _read_file(spot.file, spot.dir_fd)
+                found = _read_entry(spot.file, directory, spot.path(self._root))
             finally:
-                spot.close()
+                os.close(directory)
             if found is None:
                 return self._absent()
             data = found
@@ -597,107 +624,119 @@ class Handler(AtomicCache):
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
-        """Atomic: the check and the rename happen under the key's stripe lock.
+        """Atomic: the check and the rename happen under the lock of the entry's directory.
 
         An unconditional write makes its temporary file first and holds the lock only for
         the rename. A conditional one takes the lock, reads and compares, and only then
         writes, so a refused call writes nothing.
         """
-        spot = _Spot(self._root, pk, sk)
-        locks = self._locks
+        spot = _Spot(pk, sk)
+        data = value.encode("utf-8")
+        for _ in range(ATTEMPTS):
+            written = self._write_once(spot, data, expected)
+            if written is not None:
+                return written
+        raise self._vanishing(spot)
+
+    def _write_once(self, spot: _Spot, data: bytes, expected: Expected) -> bool | None:
+        """Make one attempt at a write; ``None`` when its directory was removed under it."""
+        # A write that may store a value creates what it needs; a compare-and-set does not.
+        directory = self._open_directory(spot, create=not isinstance(expected, str))
+        if directory is None:
+            self._absent()  # raises if the cache directory itself is gone
+            return False
+        made: list[str] = []  # temporary files to remove unless renamed
         try:
-            data = value.encode("utf-8")
             if expected is ANY:
-                temporary = self._write_temporary(spot, data)
-                descriptor = locks.acquire(spot.stripe)
-                try:
-                    if spot.chain:
-                        os.replace(
-                            temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd
-                        )
-                    else:
-                        os.replace(temporary, spot.file)
-                except BaseException:
-                    _unlink_quietly(temporary, spot.dir_fd)
-                    raise
-                finally:
-                    locks.release(spot.stripe, descriptor)
-            else:
-                descriptor = locks.acquire(spot.stripe)
-                try:
-                    current = (
-                        _read_file(spot.file, spot.dir_fd)
-                        if spot.open(self._root, create=False, sync=False)
-                        else None
-                    )
+                temporary = self._write_temporary(directory, data, made)
+            self._flock(directory, _LOCK_EX)
+            try:
+                if expected is not ANY:
+                    current = _read_entry(spot.file, directory, spot.path(self._root))
                     if not _matches(current, expected):
-                        return False
-                    temporary = self._write_temporary(spot, data)
-                    try:
-                        os.replace(
-                            temporary, spot.file, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd
-                        )
-                    except BaseException:
-                        _unlink_quietly(temporary, spot.dir_fd)
-                        raise
-                finally:
-                    locks.release(spot.stripe, descriptor)
+                        return None if current is None and self._moved(spot, directory) else False
+                    temporary = self._write_temporary(directory, data, made)
+                try:
+                    os.rename(temporary, spot.file, src_dir_fd=directory, dst_dir_fd=directory)
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:
+                    raise _named(exc, spot.path(self._root)) from None
+                made.clear()
+            finally:
+                self._flock(directory, _LOCK_UN)
             if self._fsync:
-                spot.sync_directory()
+                os.fsync(directory)
             return True
+        except FileNotFoundError:
+            # Creating or renaming a file fails only in a directory removed meanwhile.
+            return None
         finally:
-            if spot.chain:
-                spot.close()
+            for name in made:
+                _unlink_quietly(name, directory)
+            os.close(directory)
 
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
-        """Atomic: the check and the unlink happen under the key's stripe lock."""
-        spot = _Spot(self._root, pk, sk)
+        """Atomic: the check and the unlink happen under the lock of the entry's directory."""
+        spot = _Spot(pk, sk)
+        for _ in range(ATTEMPTS):
+            removed = self._remove_once(spot, expected)
+            if removed is not None:
+                return removed
+        raise self._vanishing(spot)
+
+    def _remove_once(self, spot: _Spot, expected: ExpectedToRemove) -> bool | None:
+        """Make one attempt at a removal; ``None`` when its directory was removed under it."""
+        directory = self._open_directory(spot, create=False)
+        if directory is None:
+            self._absent()  # raises if the cache directory itself is gone
+            return expected is ANY
         try:
-            if not spot.open(self._root, create=False, sync=False):
-                self._absent()  # raises if the cache directory itself is gone
-                return expected is ANY
-            descriptor = self._locks.acquire(spot.stripe)
+            self._flock(directory, _LOCK_EX)
             try:
-                if expected is not ANY and not _matches(
-                    _read_file(spot.file, spot.dir_fd), expected
-                ):
-                    return False
+                if expected is not ANY:
+                    current = _read_entry(spot.file, directory, spot.path(self._root))
+                    if not _matches(current, expected):
+                        return None if current is None and self._moved(spot, directory) else False
                 try:
-                    os.unlink(spot.file, dir_fd=spot.dir_fd)
+                    os.unlink(spot.file, dir_fd=directory)
                 except FileNotFoundError:
-                    return expected is ANY
+                    return None if self._moved(spot, directory) else expected is ANY
+                except OSError as exc:
+                    raise _named(exc, spot.path(self._root)) from None
             finally:
-                self._locks.release(spot.stripe, descriptor)
+                self._flock(directory, _LOCK_UN)
             if self._fsync:
-                spot.sync_directory()
+                os.fsync(directory)
             return True
         finally:
-            spot.close()
+            os.close(directory)
 
     @override
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
         """Walk the directories, decoding names back into keys; reads take no lock.
 
-        Files whose names escaping does not produce (temporary and lock files, strays) are
-        skipped. An entry removed while the walk reaches it is skipped too.
+        Files whose names escaping does not produce (temporary files, strays) are skipped.
+        An entry removed while the walk reaches it is skipped too. A symlink with a name
+        that the cache could have made is an error naming it.
         """
-        root = os.open(self._root, _O_DIRECTORY)
+        root = self._open_root()
         try:
             if pk is not None:
-                directories = encode_components(pk, "")
-                partition = _open_chain(root, directories)
+                names = encode_components(pk, "")
+                partition = self._open_chain(root, names, create=False)
                 if partition is None:
                     return
                 try:
-                    yield from self._scan_partition(partition, pk)
+                    yield from _scan_partition(partition, pk, "/".join([self._root, *names]))
                 finally:
                     os.close(partition)
                 return
-            for key, partition in _walk_chains(root, [], ""):
+            for key, partition, path in _walk_chains(root, [], self._root):
                 try:
                     if prefix is None or key.startswith(prefix):
-                        yield from self._scan_partition(partition, key)
+                        yield from _scan_partition(partition, key, path)
                 finally:
                     os.close(partition)
         finally:
@@ -705,29 +744,161 @@ class Handler(AtomicCache):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _write_temporary(self, spot: _Spot, data: bytes) -> str:
-        """Write data to a new temporary file beside the entry; return its path.
+    def _open_root(self) -> int:
+        """Open ``<path>``; raise ``FileNotFoundError`` naming it when it is missing."""
+        try:
+            return self._open_below(self._root)
+        except FileNotFoundError:
+            raise _missing_root(self._root) from None
+
+    def _open_below(self, path: str) -> int:
+        """Open ``<path>``, or a directory right below it, following no symlink below it.
+
+        :raises OSError: The directory is missing, or a symlink or a file is where it
+            belongs (the message names it), or another failure.
+        """
+        if self._openat2 is not None:
+            descriptor = self._openat2(
+                _NR_OPENAT2,
+                _AT_CWD,
+                path.encode(_FS_ENCODING, "surrogateescape"),
+                _DIRECTORY_HOW_REFERENCE,
+                _HOW_SIZE,
+            )
+            if descriptor >= 0:
+                return descriptor
+            code = ctypes.get_errno()
+        else:
+            try:
+                return os.open(path, _O_DIRECTORY if path != self._root else _O_ROOT)
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+        if code == errno.ENOENT:
+            raise FileNotFoundError(code, os.strerror(code), path)
+        raise _diagnose(self._root, path, code)
+
+    def _open_directory(self, spot: _Spot, *, create: bool) -> int | None:
+        """Open the entry's directory, following no symlink below ``<path>``.
+
+        :param spot: The entry.
+        :param create: Create missing directories, ``<path>`` and its parents included
+            (mode 0700, synced into their parents when ``fsync`` is on).
+        :raises OSError: A symlink or a file is where a directory belongs (the message
+            names it), or another failure.
+        :return: A descriptor to close, or ``None`` when a directory is missing and
+            ``create`` is false.
+        """
+        names = spot.directories
+        for _ in range(ATTEMPTS):
+            if len(names) == 1:
+                path = self._prefix + names[0]
+                try:
+                    return self._open_below(path)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                try:
+                    os.mkdir(path, _DIRECTORY_MODE)
+                except FileExistsError:
+                    continue  # made by another writer, or not a directory: open says
+                except FileNotFoundError:
+                    _make_directories(self._root, self._fsync)
+                    continue
+                if self._fsync:
+                    _sync_directory(self._root)
+                continue  # and open what was made; tidy may remove it first, so loop
+            try:
+                root = self._open_root()
+            except FileNotFoundError:
+                if not create:
+                    return None
+                _make_directories(self._root, self._fsync)
+                continue
+            try:
+                return self._open_chain(root, names, create=create)
+            except FileNotFoundError:
+                continue  # a directory of the chain vanished between mkdir and open
+            finally:
+                os.close(root)
+        raise self._vanishing(spot)
+
+    def _open_chain(self, root: int, names: list[str], *, create: bool) -> int | None:
+        """Open the directories ``names`` below ``root`` in turn, without following links.
+
+        :raises FileNotFoundError: A directory vanished after it was made (start again).
+        :return: A descriptor of the last one (a new one when ``names`` is empty), or
+            ``None`` when one is missing and ``create`` is false.
+        """
+        current = os.dup(root)
+        try:
+            for depth, name in enumerate(names, start=1):
+                try:
+                    child = os.open(name, _O_DIRECTORY, dir_fd=current)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    try:
+                        os.mkdir(name, _DIRECTORY_MODE, dir_fd=current)
+                    except FileExistsError:
+                        pass
+                    else:
+                        if self._fsync:
+                            os.fsync(current)
+                    child = os.open(name, _O_DIRECTORY, dir_fd=current)
+                except OSError as exc:
+                    raise _named(exc, "/".join([self._root, *names[:depth]])) from None
+                os.close(current)
+                current = child
+            opened, current = current, -1
+            return opened
+        finally:
+            if current >= 0:
+                os.close(current)
+
+    def _moved(self, spot: _Spot, directory: int) -> bool:
+        """Tell whether a directory opened for a call is no longer the entry's directory.
+
+        Removed (nothing can enter it again) or moved away, it says nothing about the
+        entry: the call starts again rather than report the entry absent.
+        """
+        status = os.fstat(directory)
+        if status.st_nlink == 0:
+            return True
+        try:
+            current = self._open_directory(spot, create=False)
+        except OSError:
+            return True  # the next attempt says what is wrong
+        if current is None:
+            return True
+        try:
+            now = os.fstat(current)
+        finally:
+            os.close(current)
+        return (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino)
+
+    def _vanishing(self, spot: _Spot) -> OSError:
+        return FileNotFoundError(
+            errno.ENOENT,
+            f"the entry's directory was removed {ATTEMPTS} times while the call used it",
+            spot.path(self._root, 1),
+        )
+
+    def _write_temporary(self, directory: int, data: bytes, made: list[str]) -> str:
+        """Write data to a new temporary file in a directory; return its name.
 
         The name is unique to this process and call; ``O_EXCL`` makes sure that a name
-        left by another process (after a PID was reused) is never written over.
+        left by another process (after a PID was reused) is never written over. The name
+        goes into ``made`` before the file is created, so that the caller removes it
+        whatever happens next.
         """
-        if spot.chain and not spot.descriptors:
-            spot.open(self._root, create=True, sync=self._fsync)
-        for attempt in itertools.count():
-            temporary = f"{spot.prefix}{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
+        while True:
+            temporary = f"{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
+            made.append(temporary)
             try:
-                if spot.chain:
-                    descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE, dir_fd=spot.dir_fd)
-                else:
-                    descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE)
+                descriptor = os.open(temporary, _O_TEMPORARY, _FILE_MODE, dir_fd=directory)
                 break
             except FileExistsError:
-                continue
-            except FileNotFoundError:
-                # The directory is new, or was removed with its last entry meanwhile.
-                if attempt >= 16:
-                    raise
-                spot.make_directories(self._root, sync=self._fsync)
+                made.remove(temporary)
         try:
             written = os.write(descriptor, data)
             if written < len(data):
@@ -736,56 +907,65 @@ class Handler(AtomicCache):
                     written += os.write(descriptor, view[written:])
             if self._fsync:
                 os.fsync(descriptor)
-        except BaseException:
+        finally:
             os.close(descriptor)
-            _unlink_quietly(temporary, spot.dir_fd)
-            raise
-        os.close(descriptor)
         return temporary
 
-    def _scan_partition(self, partition: int, pk: str) -> Iterator[CacheEntry]:
-        for sk, directory, name in _walk_entries(partition, []):
-            data = _read_file(name, directory)
-            if data is None:
-                continue
-            try:
-                value = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CorruptEntryError(
-                    f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
-                ) from None
-            yield CacheEntry(pk, sk, value)
+
+def _scan_partition(partition: int, pk: str, path: str) -> Iterator[CacheEntry]:
+    for sk, directory, name, file_path in _walk_entries(partition, [], path):
+        data = _read_entry(name, directory, file_path)
+        if data is None:
+            continue
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptEntryError(
+                f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
+            ) from None
+        yield CacheEntry(pk, sk, value)
 
 
 def _tidy(directory: int, deadline: float) -> int:
-    """Remove stale temporary files below a directory, and its empty subdirectories."""
+    """Remove stale temporary files below a directory, and its stale empty subdirectories.
+
+    A directory is stale when it was last changed before ``deadline``, as seen before its
+    own stale contents are removed: a writer making a chain of directories for a long key
+    changes each one as it goes, so the chain is never removed under it.
+    """
     removed = 0
     with os.scandir(directory) as listing:
         entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
     for name, is_directory in entries:
-        if is_directory:
-            if name == LOCKS_DIRECTORY:
-                continue
-            try:
-                subdirectory = os.open(name, _O_DIRECTORY, dir_fd=directory)
-            except FileNotFoundError:
-                continue
-            try:
-                removed += _tidy(subdirectory, deadline)
-            finally:
-                os.close(subdirectory)
-            try:
-                os.rmdir(name, dir_fd=directory)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
-                    raise
-        elif name.startswith(TEMPORARY_PREFIX):
-            try:
-                if os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime <= deadline:
+        if not is_directory and not name.startswith(TEMPORARY_PREFIX):
+            continue
+        if is_directory and name.startswith("."):
+            continue  # not a directory that escaping makes
+        try:
+            stale = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime <= deadline
+            if not is_directory:
+                if stale:
                     os.unlink(name, dir_fd=directory)
                     removed += 1
-            except FileNotFoundError:
                 continue
+            subdirectory = os.open(name, _O_DIRECTORY, dir_fd=directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                continue  # replaced by a symlink meanwhile: never followed
+            raise
+        try:
+            removed += _tidy(subdirectory, deadline)
+        finally:
+            os.close(subdirectory)
+        if not stale:
+            continue
+        try:
+            os.rmdir(name, dir_fd=directory)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                raise
     return removed
 
 
@@ -803,82 +983,88 @@ def _unlink_quietly(path: str, dir_fd: int | None) -> None:
         os.unlink(path, dir_fd=dir_fd)
 
 
-def _open_chain(root: int, names: list[str]) -> int | None:
-    """Open the directories ``names`` below ``root`` in turn; ``None`` if one is missing."""
-    current = root
-    for name in names:
-        try:
-            opened = os.open(name, _O_DIRECTORY, dir_fd=current)
-        except (FileNotFoundError, NotADirectoryError):
-            opened = -1
-        if current != root:
-            os.close(current)
-        if opened < 0:
-            return None
-        current = opened
-    return current if current != root else os.dup(root)
-
-
-def _child_names(directory: int) -> tuple[list[str], list[str]]:
-    """List a directory's subdirectories and files, leaving out the handler's own names."""
+def _child_names(directory: int) -> tuple[list[str], list[str], list[str]]:
+    """List a directory's subdirectories, files and symlinks, leaving out ``.`` names."""
     directories: list[str] = []
     files: list[str] = []
+    links: list[str] = []
     with os.scandir(directory) as listing:
         for entry in listing:
             if entry.name.startswith("."):
                 continue
             try:
-                is_directory = entry.is_dir(follow_symlinks=False)
+                if entry.is_symlink():
+                    links.append(entry.name)
+                elif entry.is_dir(follow_symlinks=False):
+                    directories.append(entry.name)
+                else:
+                    files.append(entry.name)
             except FileNotFoundError:
                 continue
-            (directories if is_directory else files).append(entry.name)
-    return directories, files
+    return directories, files, links
 
 
-def _walk_chains(directory: int, pieces: list[str], suffix: str) -> Iterator[tuple[str, int]]:
-    """Yield the partition keys under ``directory`` with their open directories.
+def _open_listed(name: str, directory: int, path: str) -> int | None:
+    """Open a subdirectory found by a listing; ``None`` if it has gone since."""
+    try:
+        return os.open(name, _O_DIRECTORY, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _named(exc, path) from None
+
+
+def _walk_chains(directory: int, pieces: list[str], path: str) -> Iterator[tuple[str, int, str]]:
+    """Yield the partition keys under ``directory`` with their open directories and paths.
 
     The caller closes each yielded descriptor. ``pieces`` are the ``%+`` components walked
-    so far.
+    so far, ``path`` the path of ``directory``.
     """
-    subdirectories, _ = _child_names(directory)
+    subdirectories, _, links = _child_names(directory)
+    for name in links:
+        if name.startswith(MORE) or decode_components([*pieces, name], "") is not None:
+            raise _symlink_error(f"{path}/{name}")
     for name in subdirectories:
-        try:
-            opened = os.open(name, _O_DIRECTORY, dir_fd=directory)
-        except FileNotFoundError:
+        opened = _open_listed(name, directory, f"{path}/{name}")
+        if opened is None:
             continue
         if name.startswith(MORE):
             try:
-                yield from _walk_chains(opened, [*pieces, name], suffix)
+                yield from _walk_chains(opened, [*pieces, name], f"{path}/{name}")
             finally:
                 os.close(opened)
             continue
-        key = decode_components([*pieces, name], suffix)
+        key = decode_components([*pieces, name], "")
         if key is None:
             os.close(opened)
             continue
-        yield key, opened
+        yield key, opened, f"{path}/{name}"
 
 
-def _walk_entries(directory: int, pieces: list[str]) -> Iterator[tuple[str, int, str]]:
-    """Yield ``(sk, directory, file name)`` for the entries under a partition directory.
+def _walk_entries(
+    directory: int, pieces: list[str], path: str
+) -> Iterator[tuple[str, int, str, str]]:
+    """Yield ``(sk, directory, file name, file path)`` for the entries under a partition.
 
     The directory is ``directory`` itself or a ``%+`` directory below it, open until the
-    walk moves on. ``pieces`` are the ``%+`` components walked so far.
+    walk moves on. ``pieces`` are the ``%+`` components walked so far, ``path`` the path of
+    ``directory``.
     """
-    subdirectories, files = _child_names(directory)
+    subdirectories, files, links = _child_names(directory)
+    for name in links:
+        if name.startswith(MORE) or decode_components([*pieces, name], SUFFIX) is not None:
+            raise _symlink_error(f"{path}/{name}")
     for name in files:
         key = decode_components([*pieces, name], SUFFIX)
         if key is not None:
-            yield key, directory, name
+            yield key, directory, name, f"{path}/{name}"
     for name in subdirectories:
         if not name.startswith(MORE):
             continue
-        try:
-            opened = os.open(name, _O_DIRECTORY, dir_fd=directory)
-        except FileNotFoundError:
+        opened = _open_listed(name, directory, f"{path}/{name}")
+        if opened is None:
             continue
         try:
-            yield from _walk_entries(opened, [*pieces, name])
+            yield from _walk_entries(opened, [*pieces, name], f"{path}/{name}")
         finally:
             os.close(opened)

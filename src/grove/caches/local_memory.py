@@ -4,26 +4,55 @@ Entries live in a dict of partitions (``{pk: {sk: value}}``) owned by one handle
 instance; they vanish with it. Reads take no lock: a single dict lookup is atomic in
 CPython. Every write takes the instance's lock, so the check and the write of a
 conditional call are one step for all threads that share the instance. A partition is
-dropped when its last entry goes, so deleted keys leave nothing behind.
+dropped when its last entry goes, so deleted keys leave nothing behind. A refused
+condition reports the value it saw under the lock (:class:`~grove.caches.atomic.Refused`).
+
+Expiry: the moment an entry expires is kept beside it, in ``{(pk, sk): seconds}``, only
+for entries written with ``ttl``, so a store without expiring entries pays one empty-dict
+test per read. The caller's clock decides (``time.time`` unless a clock is given); all
+callers share one process and so one clock, and skew cannot arise. An expired entry is
+absent at once and removed by the next write of its key or by
+:meth:`~grove.caches.atomic.ExpiringCache.sweep_expired`.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from typing import Literal
 
 from typing_extensions import override
 
 from grove.caches import CacheEntry
-from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
+from grove.caches.atomic import (
+    ABSENT,
+    ANY,
+    Clock,
+    Expected,
+    ExpectedToRemove,
+    ExpiringCache,
+    Outcome,
+    Refused,
+    Sentinel,
+    Stored,
+)
 
 
-class Handler(AtomicCache):
-    """A volatile in-memory backed cache for pointers and other Grove data."""
+class Handler(ExpiringCache):
+    """A volatile in-memory backed cache for pointers and other Grove data.
 
-    def __init__(self) -> None:
+    :param clock: The clock that decides expiry; ``time.time`` when ``None``.
+    """
+
+    clock_owner = "caller"
+    reports_current = True
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
         self._partitions: dict[str, dict[str, str]] = {}
+        self._expiry: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
+        self._clock = clock or time.time
 
     @override
     def location(self) -> str:
@@ -31,43 +60,103 @@ class Handler(AtomicCache):
 
     @override
     def _read(self, pk: str, sk: str) -> Stored:
-        """Atomic: two dict lookups, no lock.
+        """Atomic: two dict lookups, no lock (plus one for an entry that expires).
 
         A partition read while its last entry is being removed is simply found empty.
+        The expiry is looked at before the value: writers store the value first, so a
+        value read after an unexpired deadline is one that is live.
         """
         partition = self._partitions.get(pk)
         if partition is None:
             return ABSENT
+        if self._expiry and self._expired(pk, sk):
+            return ABSENT
+        return partition.get(sk, ABSENT)
+
+    def _expired(self, pk: str, sk: str) -> bool:
+        deadline = self._expiry.get((pk, sk))
+        return deadline is not None and deadline <= self._clock()
+
+    def _live(self, pk: str, sk: str) -> Stored:
+        """The stored, unexpired value; called with the lock held."""
+        partition = self._partitions.get(pk)
+        if partition is None:
+            return ABSENT
+        if self._expiry and self._expired(pk, sk):
+            return ABSENT
         return partition.get(sk, ABSENT)
 
     @override
-    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> Outcome:
         """Atomic: the check and the write happen under the instance lock."""
         with self._lock:
+            if expected is not ANY and (current := self._live(pk, sk)) != expected:
+                return Refused(current)
             partition = self._partitions.get(pk)
             if partition is None:
-                if expected is not ANY and expected is not ABSENT:
-                    return False
                 self._partitions[pk] = {sk: value}
-                return True
-            if expected is not ANY and partition.get(sk, ABSENT) != expected:
-                return False
-            partition[sk] = value
+            else:
+                partition[sk] = value
+            if self._expiry:
+                self._expiry.pop((pk, sk), None)
             return True
 
     @override
-    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+    def _write_expiring(
+        self, pk: str, sk: str, value: str, expected: Expected, ttl: float
+    ) -> Outcome:
+        """Atomic: the check and the write of value and expiry happen under the lock."""
+        with self._lock:
+            if expected is not ANY and (current := self._live(pk, sk)) != expected:
+                return Refused(current)
+            self._partitions.setdefault(pk, {})[sk] = value
+            self._expiry[(pk, sk)] = self._clock() + ttl
+            return True
+
+    @override
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:
         """Atomic: the check and the removal happen under the instance lock."""
         with self._lock:
-            partition = self._partitions.get(pk)
-            if partition is None or sk not in partition:
-                return expected is ANY
-            if expected is not ANY and partition[sk] != expected:
-                return False
-            del partition[sk]
-            if not partition:
-                del self._partitions[pk]
+            current = self._live(pk, sk)
+            if current is ABSENT:
+                self._drop(pk, sk)  # an expired entry goes, as if already gone
+                return True if expected is ANY else Refused(ABSENT)
+            if expected is not ANY and current != expected:
+                return Refused(current)
+            self._drop(pk, sk)
             return True
+
+    def _drop(self, pk: str, sk: str) -> None:
+        """Remove an entry and its expiry, and its partition if empty; lock held."""
+        partition = self._partitions.get(pk)
+        if partition is None:
+            return
+        partition.pop(sk, None)
+        if not partition:
+            del self._partitions[pk]
+        if self._expiry:
+            self._expiry.pop((pk, sk), None)
+
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: read under the lock, so value and expiry belong together."""
+        with self._lock:
+            if self._live(pk, sk) is ABSENT:
+                return ABSENT
+            return self._expiry.get((pk, sk))
+
+    @override
+    def _sweep_expired(self, limit: int) -> int:
+        """Atomic per batch: up to ``limit`` expired entries go under the lock.
+
+        Only the entries that expire are walked.
+        """
+        with self._lock:
+            now = self._clock()
+            expired = [key for key, deadline in self._expiry.items() if deadline <= now]
+            for pk, sk in expired[:limit]:
+                self._drop(pk, sk)
+            return min(len(expired), limit)
 
     @override
     def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
@@ -79,6 +168,10 @@ class Handler(AtomicCache):
                 names = [name for name in self._partitions if name.startswith(prefix or "")]
         for name in names:
             with self._lock:
-                items = list(self._partitions.get(name, {}).items())
+                items = [
+                    (sk, value)
+                    for sk, value in self._partitions.get(name, {}).items()
+                    if not (self._expiry and self._expired(name, sk))
+                ]
             for sk, value in items:
                 yield CacheEntry(name, sk, value)

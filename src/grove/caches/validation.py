@@ -9,6 +9,8 @@ breaks a rule raises before any storage is touched: ``TypeError`` for a wrong ty
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 MAX_KEY_BYTES = 1024
 """The largest key, in bytes of UTF-8, that every handler accepts."""
 
@@ -129,3 +131,26 @@ def check_value(value: object, *, max_bytes: int | None, what: str = "value") ->
         raise ValueError(
             f"{what} is {size} bytes of UTF-8; this handler stores at most {max_bytes}"
         )
+
+
+MAX_TTL_SECONDS = 10 * 366 * 24 * 3600.0
+"""The longest time to live a handler accepts: ten years (of 366 days)."""
+
+
+def check_ttl(ttl: object) -> float:
+    """Check a time to live and return it in seconds.
+
+    :param ttl: Seconds as an ``int`` or ``float``, or a :class:`datetime.timedelta`.
+    :raises TypeError: ``ttl`` is of another type (``bool`` included).
+    :raises ValueError: ``ttl`` is not a finite number above zero and at most ten years.
+    :return: The time to live in seconds.
+    """
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
+    if not 0 < seconds <= MAX_TTL_SECONDS:  # NaN fails both comparisons
+        raise ValueError(f"ttl must be above 0 and at most 10 years, not {seconds!r} seconds")
+    return seconds
