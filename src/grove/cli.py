@@ -234,29 +234,6 @@ class Store:
             return None
         return shlex.join(["grove-cache", *self.options, "init"])
 
-    def check_exists(self) -> None:
-        """Refuse to read a store on the file system that is not there.
-
-        A handler whose configuration has a ``path`` keeps its store there; when nothing
-        is at the path (a mistyped one), local_sqlite reads as an empty store and
-        local_file fails. A command that only reads stops here instead, naming the
-        ``grove-cache init`` command that would create the store, so a typo never looks
-        like an empty store (an empty backup, a pointer "not found").
-
-        :raises AccessException: Nothing is at the store's path.
-        """
-        config = getattr(self.handler, "config", None)
-        path = getattr(config, "path", None)
-        if not isinstance(config, HandlerConfiguration) or not isinstance(path, str):
-            return
-        if os.path.lexists(path):
-            return
-        missing = AccessException(f"{self.name} cache at {os.path.abspath(path)} does not exist")
-        command = self.init_command()
-        if command is not None:
-            missing.add_note(f"create it with: {command}")
-        raise missing
-
     def add_init_hint(self, exc: BaseException) -> None:
         """When a failure says this store does not exist, add how to create it.
 
@@ -373,8 +350,6 @@ class Context:
         if not self._set_up and (writes or store.init_command() is None):
             store.handler.setup()
             self._set_up = True
-        if not writes:
-            store.check_exists()
         return store.handler
 
     def note(self, message: str) -> None:
@@ -1023,13 +998,11 @@ def migrate(
         handler_option="--to",
         config_option="--to-config",
     )
-    try:
-        if dry_run:
-            target.check_exists()
-        else:
+    if not dry_run:
+        try:
             target.handler.setup()
-    except GroveException as exc:
-        raise SystemExit(context.report(exc, target)) from exc
+        except GroveException as exc:
+            raise SystemExit(context.report(exc, target)) from exc
     context.note(f"from {source_store.describe()} to {target.describe()}")
 
     total = None
