@@ -482,9 +482,9 @@ def test_writer_killed_between_steps(moto_endpoint: str, table: str, kill_before
         survivor = head_of(cache, "killed", "v")["version"]["S"]
         assert survivor != old_version
     # A sweep leaves chunks younger than its threshold (those of writes in flight) alone.
-    assert cache.collect_garbage() == 0
+    assert cache.maintain() == 0
     orphans = sum(count for version, count in chunks.items() if version != survivor)
-    assert cache.collect_garbage(older_than=0) == orphans
+    assert cache.maintain(older_than=0) == orphans
     assert chunks_of(cache, "killed") == Counter({survivor: chunks[survivor]})
     assert cache.get("killed", "v") == (old if kill_before == "head" else new)
-    assert cache.collect_garbage(older_than=0) == 0
+    assert cache.maintain(older_than=0) == 0

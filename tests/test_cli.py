@@ -29,7 +29,7 @@ import pydantic
 import pytest
 
 from benchmarks.moto_server import fake_credentials
-from grove.caches import BaseCache, create
+from grove.caches import BaseCache, aws_dynamodb, create
 from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseLost
 from grove.caches.testing import HOSTILE_KEYS
 from grove.cli import ExitCode, _masked_settings, main
@@ -312,6 +312,38 @@ def test_init_creates_the_store(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "dir").is_dir()
     Cli({**env, **local_sqlite_env(tmp_path / "deep" / "cache.db")}, "local_sqlite")("init")
     assert (tmp_path / "deep" / "cache.db").is_file()
+
+
+def test_maintain_removes_leftovers_where_a_handler_has_them(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env = {**clean_environment(tmp_path), **store_env("aws_dynamodb", tmp_path, request)}
+    cli = Cli(env, "aws_dynamodb")
+    handler = aws_dynamodb.Handler(
+        aws_dynamodb.Configuration(
+            url=env["GROVE_CACHE_AWS_DYNAMODB_URL"], table=env["GROVE_CACHE_AWS_DYNAMODB_TABLE"]
+        )
+    )
+    large = os.urandom(700_000).hex()  # compresses to about half: still chunked
+    handler.set("pointer.kept", "all", large)  # chunked: its chunks stay
+    # The chunk a writer killed before switching a head to it leaves: no head names it.
+    orphan = {
+        "pk": {"S": "grove.caches.chunk.orphan"},
+        "sk": {"S": "0"},
+        "part": {"N": "0"},
+        "of_pk": {"S": "pointer.kept"},
+        "of_sk": {"S": "all"},
+        "at": {"N": "0"},
+    }
+    handler.client.put_item(TableName=handler.config.table, Item=orphan)
+    assert cli("maintain").stdout == b"removed 1 leftover\n"
+    assert cli("maintain", "--older-than", "0").stdout == b"removed 0 leftovers\n"
+    assert handler.get("pointer.kept", "all") == large
+    sqlite = Cli(
+        {**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "c.db")}, "local_sqlite"
+    )
+    result = sqlite("maintain", expect=ExitCode.USAGE)
+    assert b"local_sqlite has nothing to maintain" in result.stderr
 
 
 def test_bench_measures_and_cleans_up(cli: Cli) -> None:

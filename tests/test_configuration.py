@@ -41,7 +41,8 @@ def test_unknown_variables_with_the_prefix_are_ignored_and_listed(
     monkeypatch.setenv("grove_cache_local_file_fsynk", "false")
     monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_FROM_A_NEWER_VERSION", "1")
     handler = load("local_file")
-    assert handler.config.fsync is True  # type: ignore[attr-defined]
+    assert isinstance(handler.config, local_file.Configuration)
+    assert handler.config.fsync is True
     assert local_file.Configuration.unknown_variables() == [
         "GROVE_CACHE_LOCAL_FILE_FROM_A_NEWER_VERSION",
         "grove_cache_local_file_fsynk",

@@ -33,6 +33,8 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
             class Handler(Memory):
+                configuration = Configuration
+
                 def __init__(self, config=None):
                     super().__init__()
                     self.config = config or Configuration.from_environment()
@@ -71,7 +73,8 @@ def test_environment_names_the_handler(monkeypatch: pytest.MonkeyPatch, third_pa
     handler = load()
     assert type(handler).__module__ == "acme_cache"
     assert handler.setup_calls == 1  # type: ignore[attr-defined]
-    assert handler.config.endpoint == "http://127.0.0.1:1"  # type: ignore[attr-defined]
+    assert handler.config is not None
+    assert handler.config.model_dump()["endpoint"] == "http://127.0.0.1:1"
 
 
 def test_explicit_name_beats_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +171,11 @@ def test_public_api_is_pinned() -> None:
     assert set(grove.caches.__all__) == {
         "BaseCache",
         "CacheEntry",
+        "Closing",
+        "CreatingStorage",
+        "Expiring",
+        "Listing",
+        "Maintaining",
         "create",
         "DEFAULT_HANDLER",
         "ENTRY_POINT_GROUP",
@@ -184,14 +192,16 @@ def test_public_api_is_pinned() -> None:
         "entries",
         "supports_listing",
         "create_storage",
+        "configuration",
+        "from_settings",
     }
 
 
 def test_settings_beat_the_environment(monkeypatch: pytest.MonkeyPatch, third_party: Path) -> None:
     monkeypatch.setenv("GROVE_CACHE_ACME_ENDPOINT", "http://127.0.0.1:1")
     handler = load("acme", settings={"retries": 7})
-    assert handler.config.retries == 7  # type: ignore[attr-defined]
-    assert handler.config.endpoint == "http://127.0.0.1:1"  # type: ignore[attr-defined]
+    assert handler.config is not None
+    assert handler.config.model_dump() == {"endpoint": "http://127.0.0.1:1", "retries": 7}
     assert handler.setup_calls == 1  # type: ignore[attr-defined]
     assert create("acme").setup_calls == 0  # type: ignore[attr-defined]
 

@@ -329,7 +329,7 @@ def test_configuration_comes_from_the_environment(
     monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_PATH", str(root))
     assert Handler().config == Configuration(path=str(root), fsync=True)
     monkeypatch.setenv("grove_cache_local_file_fsync", "false")
-    assert Handler().config.fsync is False
+    assert Handler().config == Configuration(path=str(root), fsync=False)
     monkeypatch.setenv("GROVE_CACHE_HANDLER", "local_file")
     loaded = load()
     assert isinstance(loaded, Handler)

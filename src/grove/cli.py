@@ -69,10 +69,20 @@ except ImportError as missing:  # pragma: no cover - depends on the install
 
 import pydantic
 
-from grove.caches import HANDLER_ENV, BaseCache, CacheEntry, create, local_sqlite, names
+from grove.caches import (
+    HANDLER_ENV,
+    BaseCache,
+    CacheEntry,
+    CreatingStorage,
+    Listing,
+    Maintaining,
+    create,
+    local_sqlite,
+    names,
+)
 from grove.caches.atomic import describe_key
 from grove.caches.benchmark import OPERATIONS, Workload, measure
-from grove.caches.configuration import HandlerConfiguration, handler_from_environment
+from grove.caches.configuration import handler_from_environment
 from grove.caches.lease import FENCE_SUFFIX, LeaseValue, parse_value
 from grove.exceptions import (
     AccessException,
@@ -230,7 +240,7 @@ class Store:
         :return: The command line, with the options that selected the store, or ``None``
             when the handler has nothing it can create.
         """
-        if type(self.handler).create_storage is BaseCache.create_storage:
+        if not isinstance(self.handler, CreatingStorage):
             return None
         return shlex.join(["grove-cache", *self.options, "init"])
 
@@ -696,7 +706,7 @@ def _selection(function: Callable[..., Any]) -> Callable[..., Any]:
 def _listed(cache: BaseCache, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
     if pk is not None and prefix is not None:
         raise click.UsageError("give --pk or --prefix, not both")
-    if not cache.supports_listing():
+    if not isinstance(cache, Listing):
         raise NotImplementedError(
             f"{type(cache).__module__} cannot list entries, so this command cannot run on it"
         )
@@ -1038,11 +1048,10 @@ def migrate(
 
 
 def _masked_settings(handler: BaseCache) -> list[tuple[str, str]]:
-    config = getattr(handler, "config", None)
-    if not isinstance(config, pydantic.BaseModel):
+    if handler.config is None:
         return []
     shown = []
-    for name, value in config:
+    for name, value in handler.config:
         if isinstance(value, pydantic.SecretStr | pydantic.SecretBytes):
             text = "********" if value.get_secret_value() else ""
         else:
@@ -1052,10 +1061,9 @@ def _masked_settings(handler: BaseCache) -> list[tuple[str, str]]:
 
 
 def _ignored_variables(handler: BaseCache) -> list[str]:
-    config = getattr(handler, "config", None)
-    if not isinstance(config, HandlerConfiguration):
+    if handler.config is None:
         return []
-    return type(config).unknown_variables()
+    return type(handler.config).unknown_variables()
 
 
 @cli.command()
@@ -1089,7 +1097,7 @@ def doctor(context: Context) -> None:
             lambda: _expect_refusal(lambda: cache.get(pk, sk), NotFoundException),
         ),
     ]
-    if cache.supports_listing():
+    if isinstance(cache, Listing):
         steps.append(("listing", lambda: list(cache.entries(pk))))
     failure: BaseException | None = None
     for label, step in steps:
@@ -1132,6 +1140,26 @@ def init(context: Context) -> None:
     outcome = store.handler.create_storage()
     store.handler.setup()
     context.out.print(Text(outcome))
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Leave leftovers younger than this (default: the handler's, safe beside writers).",
+)
+@_anywhere
+@pass_context
+def maintain(context: Context, older_than: float | None) -> None:
+    """Remove what interrupted writes left behind (temporary files, orphaned chunks)."""
+    cache = context.cache(writes=True)
+    if not isinstance(cache, Maintaining):
+        raise NotImplementedError(
+            f"{context.store().name} has nothing to maintain (it leaves no leftovers)"
+        )
+    removed = cache.maintain(older_than=older_than)
+    context.out.print(Text(f"removed {plural(removed, 'leftover', 'leftovers')}"))
 
 
 MAX_BENCH_VALUE_BYTES = 4 * 1024 * 1024

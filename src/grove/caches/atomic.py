@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,8 @@ from typing import ClassVar, Final, Literal
 
 from typing_extensions import override
 
-from grove.caches import BaseCache, CacheEntry
+from grove.caches import BaseCache, CacheEntry, CreatingStorage, Expiring, Listing
+from grove.caches.configuration import HandlerConfiguration
 from grove.caches.validation import (
     check_key,
     check_one_key,
@@ -133,6 +135,10 @@ class AtomicCache(BaseCache):
     for callers choosing between trying a write first and reading first
     (:mod:`grove.caches.lease` does); ``current_known`` on each exception is the truth."""
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _adopt_local_file_abilities(cls)
+
     def location(self) -> str:
         """Say where this handler keeps its entries, for messages.
 
@@ -190,11 +196,6 @@ class AtomicCache(BaseCache):
         :return: An iterator of entries.
         """
         raise NotImplementedError(f"{self.location()} cannot list entries")
-
-    @override
-    @classmethod
-    def supports_listing(cls) -> bool:
-        return cls._scan is not AtomicCache._scan
 
     @override
     def entries(self, pk: str | None = None, *, prefix: str | None = None) -> Iterator[CacheEntry]:
@@ -380,6 +381,28 @@ class AtomicCache(BaseCache):
             )
 
 
+def _adopt_local_file_abilities(cls: type[AtomicCache]) -> None:
+    """Give ``local_file``'s handler the ability types and configuration it implies.
+
+    Transitional: ``local_file`` is being turned into a package in a parallel branch,
+    which declares :class:`~grove.caches.Listing`, :class:`~grove.caches.CreatingStorage`,
+    :class:`~grove.caches.Maintaining` and ``configuration`` itself; remove this then.
+    """
+    if not cls.__module__.startswith("grove.caches.local_file"):
+        return
+    if "_scan" in vars(cls) and not issubclass(cls, Listing):
+        Listing.register(cls)
+    if "create_storage" in vars(cls) and not issubclass(cls, CreatingStorage):
+        CreatingStorage.register(cls)
+    configuration = getattr(sys.modules.get(cls.__module__), "Configuration", None)
+    if (
+        cls.configuration is None
+        and isinstance(configuration, type)
+        and issubclass(configuration, HandlerConfiguration)
+    ):
+        cls.configuration = configuration
+
+
 def _refusal(message: str, outcome: Outcome) -> DataFormatException:
     """The exception for a refused condition, with the stored value when the primitive saw it."""
     if isinstance(outcome, Refused):
@@ -388,7 +411,7 @@ def _refusal(message: str, outcome: Outcome) -> DataFormatException:
     return DataFormatException(message)
 
 
-class ExpiringCache(AtomicCache):
+class ExpiringCache(AtomicCache, Expiring):
     """The expiry ability: entries that remove themselves a time to live after a write.
 
     An expired entry is absent for every call: ``get`` raises ``NotFoundException``,
@@ -407,11 +430,6 @@ class ExpiringCache(AtomicCache):
     clock_owner: ClassVar[Literal["caller", "server"]] = "caller"
     """``"server"`` when the backend's clock decides expiry (Redis, PostgreSQL),
     ``"caller"`` when the clock of the process making the call does."""
-
-    @override
-    @classmethod
-    def supports_expiry(cls) -> bool:
-        return True
 
     @override
     @abc.abstractmethod

@@ -39,7 +39,7 @@ chunks (``BatchGetItem``, consistently); if a chunk vanished, the value was repl
 under it and it starts again from the head, so it never returns a mix of two versions.
 The reassembled value is checked against the digest. A writer that dies after writing
 chunks but before switching the head leaves them unreferenced: never read, and removed by
-:meth:`Handler.collect_garbage`, the maintenance call, once older than an hour (a writer
+:meth:`Handler.maintain`, the maintenance call, once older than an hour (a writer
 gives up switching a head more than :data:`WRITE_DEADLINE` seconds after it started
 writing chunks, so a sweep never removes the chunks of a write in flight). One that dies
 after the switch leaves the old version's chunks, removed the same way.
@@ -71,7 +71,7 @@ within days and decides nothing; :meth:`Handler.sweep_expired` removes them soon
 bounded batches (filtered ``Scan`` pages, one conditional ``DeleteItem`` each). A
 chunked value expires as a whole: its head carries the expiry, and its chunks are
 deleted with it (by the sweep, by the write that replaces it, or, once DynamoDB's TTL
-removed the head, by :meth:`Handler.collect_garbage`); they carry the expiry too, one
+removed the head, by :meth:`Handler.maintain`); they carry the expiry too, one
 day later, so DynamoDB removes them even if nobody sweeps.
 
 Clock skew: hosts whose clocks differ by ``d`` seconds disagree about an entry for
@@ -149,7 +149,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         f"grove.caches.aws_dynamodb needs boto3 ({exc}): pip install 'grove-caches[aws]'"
     ) from exc
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, CreatingStorage, Listing, Maintaining
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -191,7 +191,11 @@ when it must be)."""
 
 WRITE_DEADLINE = 600.0
 """Seconds after which a writer that is still writing chunks gives up instead of
-switching the head to them; :meth:`Handler.collect_garbage` only removes older chunks."""
+switching the head to them; :meth:`Handler.maintain` only removes older chunks."""
+
+GARBAGE_AGE = 3600.0
+"""Seconds after which :meth:`Handler.maintain` deletes chunks that no value names, by
+default: well above :data:`WRITE_DEADLINE`, so a write in flight keeps its chunks."""
 
 _DEFAULT_REGION = "us-east-1"
 _ROLE_SESSION_NAME = "grove-caches"
@@ -518,12 +522,15 @@ class _AssumedRole(CredentialProvider):
         return self._credentials
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
     """A cache handler that keeps Grove's pointers, locks and hashes in a DynamoDB table.
 
     Expiry is decided by the caller's clock; see the module docstring for what clock
     skew between hosts does.
     """
+
+    configuration = Configuration
+    config: Configuration
 
     clock_owner = "caller"
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (ClientError, BotoCoreError)
@@ -937,7 +944,7 @@ class Handler(ExpiringCache):
             )
         except (ClientError, BotoCoreError, AccessException) as exc:
             _logger.warning(
-                "could not delete the %d chunks of version %s in %s (collect_garbage() will): %s",
+                "could not delete the %d chunks of version %s in %s (maintain() will): %s",
                 parts,
                 version,
                 self.location(),
@@ -1106,7 +1113,7 @@ class Handler(ExpiringCache):
             values[":parts"] = {"N": str(parts)}
         update = self._expression(sets, removes, expires, values)
         # Should this request fail without an answer (a timeout after DynamoDB applied
-        # it), the new chunks stay: collect_garbage() removes them if no head names them.
+        # it), the new chunks stay: maintain() removes them if no head names them.
         condition, may_be_chunked = self._condition(expected, values)
         answer = self._update(
             pk, sk, update, values, condition, may_be_chunked, callers=expected is not ANY
@@ -1331,7 +1338,8 @@ class Handler(ExpiringCache):
             if self._sweep_from is None:
                 return removed
 
-    def collect_garbage(self, *, older_than: float = 3600.0) -> int:
+    @override
+    def maintain(self, *, older_than: float | None = None) -> int:
         """Delete chunk items that no value refers to: the maintenance call.
 
         A writer killed between writing a large value's chunks and switching its head
@@ -1340,13 +1348,13 @@ class Handler(ExpiringCache):
         and deletes them, checking each version's head first (one ``GetItem``).
 
         :param older_than: Leave chunks written less than this many seconds ago: they
-            may belong to a write in flight. Keep it well above
+            may belong to a write in flight; ``None`` for an hour. Keep it well above
             :data:`WRITE_DEADLINE` plus the clock skew between hosts.
         :raises ConfigurationException: The table does not exist.
         :raises AccessException: DynamoDB failed.
         :return: How many chunk items were deleted.
         """
-        cutoff = time.time() - older_than
+        cutoff = time.time() - (GARBAGE_AGE if older_than is None else older_than)
         request: dict[str, Any] = {
             "TableName": self._table,
             "ConsistentRead": True,

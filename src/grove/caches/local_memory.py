@@ -24,7 +24,7 @@ from typing import Literal
 
 from typing_extensions import override
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, Listing
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -39,7 +39,7 @@ from grove.caches.atomic import (
 )
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing):
     """A volatile in-memory backed cache for pointers and other Grove data.
 
     :param clock: The clock that decides expiry; ``time.time`` when ``None``.

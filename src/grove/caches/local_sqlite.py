@@ -88,7 +88,7 @@ import pydantic
 from pydantic_settings import SettingsConfigDict
 from typing_extensions import override
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, Closing, CreatingStorage, Listing
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -370,7 +370,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
     """A SQLite backed cache: durable, shared by the threads and processes of one host.
 
     Expiry: the caller's clock decides. A write with ``ttl`` stores ``clock() + ttl`` in
@@ -381,6 +381,9 @@ class Handler(ExpiringCache):
     backward keeps them longer. A process given another ``clock`` sees expiry by that
     clock, and differs from the others by as much as its clock does.
     """
+
+    configuration = Configuration
+    config: Configuration
 
     driver_errors = (sqlite3.Error, OSError)
     clock_owner = "caller"

@@ -101,7 +101,7 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
         "pip install 'grove-caches[postgresql]'"
     ) from exc
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, Closing, CreatingStorage, Listing
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -401,8 +401,11 @@ def _close_pool(pool: ConnectionPool[Any], pid: int) -> None:
         pool.close()
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
     """A PostgreSQL backed cache: durable, shared by every process and host using the table."""
+
+    configuration = Configuration
+    config: Configuration
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
     clock_owner: ClassVar[Literal["caller", "server"]] = "server"

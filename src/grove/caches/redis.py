@@ -122,7 +122,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         f"grove.caches.redis needs redis-py ({exc}): pip install 'grove-caches[redis]'"
     ) from exc
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, Closing, CreatingStorage, Listing
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -333,8 +333,11 @@ class Configuration(HandlerConfiguration):
         return mask_url(self.url.get_secret_value())
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
     """A cache handler that keeps Grove's pointers, locks and hashes in Redis."""
+
+    configuration = Configuration
+    config: Configuration
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (RedisError, UnicodeDecodeError)
     clock_owner: ClassVar[Literal["caller", "server"]] = "server"
