@@ -1,39 +1,20 @@
-"""local_memory against a bare dict wrapped in a method call with a threading.Lock."""
+"""local_memory against a bare dict wrapped in a method call with a threading.Lock.
+
+With ``GROVE_BENCH_UPSTREAM_VENV`` naming a virtual environment with upstream Grove 2.2.0
+(see :mod:`benchmarks.upstream`), also beside upstream's ``local_memory``, measured in the
+same run in a child process.
+"""
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Iterator
 
+from benchmarks.locked_dict import LockedDict
 from benchmarks.suite import Suite
+from benchmarks.upstream import measure_upstream, upstream_venv
 from grove.caches.benchmark import Workload
 from grove.caches.local_memory import Handler
-
-
-class LockedDict:
-    """The floor: a dict behind a lock, no validation, no partitions."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-
-    def get(self, pk: str, sk: str) -> str:
-        with self._lock:
-            return self._data[(pk, sk)]
-
-    def set(
-        self, pk: str, sk: str, value: str, not_set: bool = False, constraint: str | None = None
-    ) -> None:
-        with self._lock:
-            if constraint is not None and self._data.get((pk, sk)) != constraint:
-                raise KeyError((pk, sk))
-            if not_set and (pk, sk) in self._data:
-                raise KeyError((pk, sk))
-            self._data[(pk, sk)] = value
-
-    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
-        with self._lock:
-            self._data.pop((pk, sk), None)
 
 
 def suites(keys: int) -> Iterator[Suite]:
@@ -48,4 +29,9 @@ def suites(keys: int) -> Iterator[Suite]:
         floor=LockedDict,
         workload=Workload(keys=keys, calls=50_000),
         targets={"get hit": 0.5, "set new": 0.5, "overwrite": 0.5},
+        external=(
+            {"upstream Grove 2.2.0": functools.partial(measure_upstream, "local_memory")}
+            if upstream_venv() is not None
+            else {}
+        ),
     )

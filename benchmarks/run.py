@@ -8,15 +8,34 @@ anything: the exit code is 0 unless the benchmark itself breaks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Sequence
 
 from benchmarks.suite import Suite
-from grove.caches.benchmark import compare, format_table, measure
+from grove.caches.benchmark import Measurement, compare, format_table, measure
 
 HANDLERS = ("local_memory", "local_file", "local_sqlite", "aws_dynamodb", "redis", "postgresql")
 """Handlers with a module of the same name in this folder."""
+
+
+def _scaled(
+    external: dict[str, dict[str, Measurement]], floor: dict[str, Measurement]
+) -> dict[str, Measurement]:
+    """A reference measured in another process, scaled by the floors of both processes.
+
+    :param external: The reference (``subject``) and the floor measured beside it.
+    :param floor: The floor measured here.
+    :return: The reference's figures as if measured here.
+    """
+    scaled = {}
+    for operation, measured in external["subject"].items():
+        factor = floor[operation].ops_per_second / external["floor"][operation].ops_per_second
+        scaled[operation] = dataclasses.replace(
+            measured, ops_per_second=measured.ops_per_second * factor
+        )
+    return scaled
 
 
 def run_suite(suite: Suite) -> str:
@@ -28,8 +47,10 @@ def run_suite(suite: Suite) -> str:
     subjects = {"handler": suite.subject(), "floor": suite.floor()}
     subjects.update({name: make() for name, make in suite.extra_floors.items()})
     results = measure(subjects, suite.workload)
+    for name, run in suite.external.items():
+        results[name] = _scaled(run(suite.workload), results["floor"])
     lines = [format_table("handler", "floor", results).replace("handler vs floor", suite.title)]
-    for name in suite.extra_floors:
+    for name in [*suite.extra_floors, *suite.external]:
         ratios = compare("handler", name, results)
         lines.append(
             f"  vs {name}: " + ", ".join(f"{op} {ratio:.2f}" for op, ratio in ratios.items())

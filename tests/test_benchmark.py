@@ -1,7 +1,7 @@
 """The benchmark harness measures what it says and leaves the store as it found it."""
 
-from benchmarks.local_memory import LockedDict
 from benchmarks.local_sqlite import BulkLoadedHandler, DiskCache, RawSqlite
+from benchmarks.locked_dict import LockedDict
 from grove.caches.benchmark import OPERATIONS, Workload, compare, format_table, measure
 from grove.caches.local_memory import Handler
 

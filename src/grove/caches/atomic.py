@@ -39,15 +39,19 @@ from typing_extensions import override
 from grove.caches import BaseCache, CacheEntry, CreatingStorage, Expiring, Listing
 from grove.caches.configuration import HandlerConfiguration
 from grove.caches.validation import (
-    check_key,
+    KNOWN_KEYS,
     check_one_key,
     check_ttl,
     check_value,
-    entry_is_plain,
-    key_is_plain,
+    checked_key,
     utf8_size,
 )
-from grove.exceptions import AccessException, DataFormatException, NotFoundException
+from grove.exceptions import (
+    AccessException,
+    DataFormatException,
+    GroveException,
+    NotFoundException,
+)
 
 
 class Sentinel(enum.Enum):
@@ -226,9 +230,8 @@ class AtomicCache(BaseCache):
             yield from self._scan(pk, prefix)
         except self.driver_errors as exc:
             scope = f"pk={pk!r}" if pk is not None else f"prefix={prefix!r}"
-            raise AccessException(
-                f"listing of {scope if (pk or prefix) else 'all entries'} failed in "
-                f"{self.location()}: {type(exc).__name__}: {exc}"
+            raise self._failure(
+                "listing", exc, where=scope if (pk or prefix) else "all entries"
             ) from exc
 
     def _check_ttl(self, ttl: object) -> float:
@@ -257,11 +260,47 @@ class AtomicCache(BaseCache):
         """
         raise NotImplementedError(f"{self.location()} cannot expire entries")
 
-    def _access_error(self, operation: str, pk: str, sk: str, exc: Exception) -> AccessException:
-        return AccessException(
-            f"{operation} of {describe_key(pk, sk)} failed in {self.location()}: "
-            f"{type(exc).__name__}: {exc}"
-        )
+    def _classify(self, operation: str, exc: Exception) -> tuple[type[GroveException], str]:
+        """Say what a driver error means: the exception to raise and what to say.
+
+        Handlers override this to declare how their driver's errors map (a missing
+        table is a :class:`~grove.exceptions.ConfigurationException`, say); the message
+        around it is :meth:`_failure`'s. The detail must not hold values or constraints.
+
+        :param operation: What was being done, such as ``get`` or ``setup``.
+        :param exc: The error, one of :attr:`driver_errors`.
+        :return: The exception class, and the detail that ends its message.
+        """
+        return AccessException, f"{type(exc).__name__}: {exc}"
+
+    def _failure(
+        self,
+        operation: str,
+        exc: Exception,
+        pk: str | None = None,
+        sk: str | None = None,
+        *,
+        where: str | None = None,
+    ) -> GroveException:
+        """Translate a driver error into a grove exception: the one translation hook.
+
+        Every public method (and a handler's own ``setup``, ``create_storage`` and
+        ``maintain``) raises what this returns, from the driver error: one message
+        format, ``<operation> of <key or scope> failed in <location>: <detail>``, and
+        the exception class :meth:`_classify` declares. Keys are named, values never.
+
+        :param operation: What was being done, such as ``get``.
+        :param exc: The driver error.
+        :param pk: The partition key of the entry, if the operation has one.
+        :param sk: Its sort key.
+        :param where: What the operation covered, when not one entry (``all entries``).
+        :return: The exception to raise.
+        """
+        kind, detail = self._classify(operation, exc)
+        if pk is not None and sk is not None:
+            where = describe_key(pk, sk)
+        subject = f"{operation} of {where}" if where else operation
+        return kind(f"{subject} failed in {self.location()}: {detail}")
 
     @override
     def get(self, pk: str, sk: str) -> str:
@@ -275,13 +314,17 @@ class AtomicCache(BaseCache):
         :raises AccessException: The storage failed.
         :return: The value, exactly as it was stored.
         """
-        if not key_is_plain(pk, sk):
-            check_key(pk, sk)
-            pk, sk = str.__str__(pk), str.__str__(sk)
+        if (
+            type(pk) is not str
+            or type(sk) is not str
+            or pk not in KNOWN_KEYS
+            or sk not in KNOWN_KEYS
+        ):
+            pk, sk = checked_key(pk, sk)
         try:
             value = self._read(pk, sk)
         except self.driver_errors as exc:
-            raise self._access_error("get", pk, sk, exc) from exc
+            raise self._failure("get", exc, pk, sk) from exc
         if value is ABSENT:
             raise NotFoundException(f"no value for {describe_key(pk, sk)} in {self.location()}")
         return value
@@ -317,28 +360,41 @@ class AtomicCache(BaseCache):
         :raises DataFormatException: The entry was not as expected; nothing changed.
         :raises AccessException: The storage failed; nothing changed.
         """
-        if not entry_is_plain(pk, sk, value, self.max_value_bytes):
-            check_key(pk, sk)
+        if (
+            type(pk) is not str
+            or type(sk) is not str
+            or pk not in KNOWN_KEYS
+            or sk not in KNOWN_KEYS
+        ):
+            pk, sk = checked_key(pk, sk)
+        if (
+            type(value) is not str
+            or not value.isascii()
+            or (self.max_value_bytes is not None and len(value) > self.max_value_bytes)
+        ):
             check_value(value, max_bytes=self.max_value_bytes)
-            pk, sk, value = str.__str__(pk), str.__str__(sk), str.__str__(value)
+            value = str.__str__(value)
         expected: Expected
-        if constraint is not None:
-            if not_set:
-                raise ValueError("not_set and constraint cannot be used together")
+        if constraint is None:
+            expected = ABSENT if not_set else ANY
+        elif not_set:
+            raise ValueError("not_set and constraint cannot be used together")
+        elif type(constraint) is str and constraint.isascii():
+            expected = constraint
+        else:
             check_value(constraint, max_bytes=None, what="constraint")
             expected = str.__str__(constraint)
-        elif not_set:
-            expected = ABSENT
-        else:
-            expected = ANY
-        seconds = None if ttl is None else self._check_ttl(ttl)
-        try:
-            if seconds is None:
+        if ttl is None:
+            try:
                 written = self._write(pk, sk, value, expected)
-            else:
+            except self.driver_errors as exc:
+                raise self._failure("set", exc, pk, sk) from exc
+        else:
+            seconds = self._check_ttl(ttl)
+            try:
                 written = self._write_expiring(pk, sk, value, expected, seconds)
-        except self.driver_errors as exc:
-            raise self._access_error("set", pk, sk, exc) from exc
+            except self.driver_errors as exc:
+                raise self._failure("set", exc, pk, sk) from exc
         if not written:
             reason = (
                 "a value is already stored (not_set)"
@@ -362,17 +418,22 @@ class AtomicCache(BaseCache):
             none is stored; nothing changed.
         :raises AccessException: The storage failed; nothing changed.
         """
-        if not key_is_plain(pk, sk):
-            check_key(pk, sk)
-            pk, sk = str.__str__(pk), str.__str__(sk)
+        if (
+            type(pk) is not str
+            or type(sk) is not str
+            or pk not in KNOWN_KEYS
+            or sk not in KNOWN_KEYS
+        ):
+            pk, sk = checked_key(pk, sk)
         expected: ExpectedToRemove = ANY
         if constraint is not None:
-            check_value(constraint, max_bytes=None, what="constraint")
+            if type(constraint) is not str or not constraint.isascii():
+                check_value(constraint, max_bytes=None, what="constraint")
             expected = str.__str__(constraint)
         try:
             removed = self._remove(pk, sk, expected)
         except self.driver_errors as exc:
-            raise self._access_error("delete", pk, sk, exc) from exc
+            raise self._failure("delete", exc, pk, sk) from exc
         if not removed:
             raise _refusal(
                 f"delete of {describe_key(pk, sk)} refused: the stored value does not "
@@ -482,12 +543,11 @@ class ExpiringCache(AtomicCache, Expiring):
         :return: The moment it expires (timezone-aware, UTC), or ``None`` when it never
             does.
         """
-        check_key(pk, sk)
-        pk, sk = str.__str__(pk), str.__str__(sk)
+        pk, sk = checked_key(pk, sk)
         try:
             moment = self._read_expiry(pk, sk)
         except self.driver_errors as exc:
-            raise self._access_error("expires_at", pk, sk, exc) from exc
+            raise self._failure("expires_at", exc, pk, sk) from exc
         if moment is ABSENT:
             raise NotFoundException(f"no value for {describe_key(pk, sk)} in {self.location()}")
         return None if moment is None else datetime.fromtimestamp(moment, UTC)
@@ -514,10 +574,7 @@ class ExpiringCache(AtomicCache, Expiring):
             try:
                 removed = self._sweep_expired(batch_size)
             except self.driver_errors as exc:
-                raise AccessException(
-                    f"sweep of expired entries failed in {self.location()}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise self._failure("sweep", exc, where="expired entries") from exc
             total += removed
             if progress is not None:
                 progress(removed)

@@ -88,18 +88,32 @@ class Handler(ExpiringCache, Listing):
 
     @override
     def _write(self, pk: str, sk: str, value: str, expected: Expected) -> Outcome:
-        """Atomic: the check and the write happen under the instance lock."""
-        with self._lock:
-            if expected is not ANY and (current := self._live(pk, sk)) != expected:
-                return Refused(current)
+        """Atomic: the check and the write happen under the instance lock.
+
+        The lock is taken with ``acquire``/``release`` rather than ``with``: in CPython
+        3.11 the context manager costs twice as much, more than the dict work.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
             partition = self._partitions.get(pk)
             if partition is None:
+                if expected is not ANY and expected is not ABSENT:
+                    return Refused(ABSENT)
                 self._partitions[pk] = {sk: value}
             else:
+                if expected is not ANY:
+                    current: Stored = partition.get(sk, ABSENT)
+                    if current is not ABSENT and self._expiry and self._expired(pk, sk):
+                        current = ABSENT
+                    if current != expected:
+                        return Refused(current)
                 partition[sk] = value
             if self._expiry:
                 self._expiry.pop((pk, sk), None)
             return True
+        finally:
+            lock.release()
 
     @override
     def _write_expiring(
@@ -116,15 +130,27 @@ class Handler(ExpiringCache, Listing):
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:
         """Atomic: the check and the removal happen under the instance lock."""
-        with self._lock:
-            current = self._live(pk, sk)
-            if current is ABSENT:
-                self._drop(pk, sk)  # an expired entry goes, as if already gone
+        lock = self._lock
+        lock.acquire()
+        try:
+            partition = self._partitions.get(pk)
+            current: Stored = ABSENT if partition is None else partition.get(sk, ABSENT)
+            if current is not ABSENT and self._expiry and self._expired(pk, sk):
+                current = ABSENT
+            if current is ABSENT or partition is None:
+                if self._expiry:
+                    self._drop(pk, sk)  # an expired entry goes, as if already gone
                 return True if expected is ANY else Refused(ABSENT)
             if expected is not ANY and current != expected:
                 return Refused(current)
-            self._drop(pk, sk)
+            del partition[sk]
+            if not partition:
+                del self._partitions[pk]
+            if self._expiry:
+                self._expiry.pop((pk, sk), None)
             return True
+        finally:
+            lock.release()
 
     def _drop(self, pk: str, sk: str) -> None:
         """Remove an entry and its expiry, and its partition if empty; lock held."""

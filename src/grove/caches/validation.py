@@ -10,6 +10,7 @@ breaks a rule raises before any storage is touched: ``TypeError`` for a wrong ty
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 MAX_KEY_BYTES = 1024
 """The largest key, in bytes of UTF-8, that every handler accepts."""
@@ -50,6 +51,40 @@ def check_key(pk: object, sk: object) -> None:
     check_one_key(sk, what="sk")
 
 
+KNOWN_KEYS: set[str] = set()
+"""Keys, each an exact ``str``, that passed the key rules: the hot path's plain-key
+check is ``type(key) is str and key in KNOWN_KEYS``, one set lookup on a hash the string
+already holds. :func:`checked_key` fills it; it is emptied when it reaches
+:data:`KNOWN_KEYS_LIMIT` keys, so it never holds more than a few megabytes."""
+
+KNOWN_KEYS_LIMIT = 4096
+"""The most keys :data:`KNOWN_KEYS` holds before it starts again from empty."""
+
+
+def checked_key(pk: object, sk: object) -> tuple[str, str]:
+    """Check both keys against the key rules, and return them as exact ``str`` objects.
+
+    The slow path of the plain-key check: a ``str`` subclass (whose ``__eq__`` could
+    lie) is copied to a plain ``str``, and the checked keys join :data:`KNOWN_KEYS`.
+
+    :param pk: The partition key.
+    :param sk: The sort key.
+    :raises TypeError: A key is not a ``str``.
+    :raises ValueError: A key breaks the key rules.
+    :return: The keys, as exact ``str`` objects.
+    """
+    if key_is_plain(pk, sk):
+        exact_pk, exact_sk = cast(str, pk), cast(str, sk)
+    else:
+        check_key(pk, sk)
+        exact_pk, exact_sk = str.__str__(cast(str, pk)), str.__str__(cast(str, sk))
+    if len(KNOWN_KEYS) >= KNOWN_KEYS_LIMIT:
+        KNOWN_KEYS.clear()
+    KNOWN_KEYS.add(exact_pk)
+    KNOWN_KEYS.add(exact_sk)
+    return exact_pk, exact_sk
+
+
 def check_one_key(key: object, *, what: str) -> None:
     """Check one key against the key rules.
 
@@ -69,7 +104,7 @@ def check_one_key(key: object, *, what: str) -> None:
             raise ValueError(f"{what} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
 
 
-def key_is_plain(pk: str, sk: str) -> bool:
+def key_is_plain(pk: object, sk: object) -> bool:
     """Tell whether both keys pass the rules without a closer look.
 
     This is the hot-path test: ASCII keys of 1 to 256 characters, the keys Grove itself
