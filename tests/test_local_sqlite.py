@@ -185,7 +185,7 @@ def test_corrupt_file_is_an_access_error_naming_the_path(tmp_path: Path) -> None
 def test_unopenable_path_is_an_access_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("a file, not a directory")
     cache = _handler(tmp_path / "file" / "cache.db")
-    with pytest.raises(AccessException, match="cannot open local_sqlite cache at"):
+    with pytest.raises(AccessException, match="open failed in local_sqlite cache at"):
         cache.get("pk", "sk")
 
 

@@ -162,7 +162,7 @@ from grove.caches.atomic import (
     describe_key,
 )
 from grove.caches.configuration import HandlerConfiguration
-from grove.exceptions import AccessException, ConfigurationException
+from grove.exceptions import AccessException, ConfigurationException, GroveException
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -680,8 +680,8 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         An answer of ``ExpiredToken`` renews the credentials and sends the request once
         more.
 
-        :raises ConfigurationException: The table does not exist.
-        :raises ClientError: DynamoDB refused the request (a failed condition included).
+        :raises ClientError: DynamoDB refused the request (a failed condition included, or
+            a missing table: see :meth:`_classify`).
         :raises NotDynamoDBError: The answer was not DynamoDB's.
         :raises BotoCoreError: The request failed otherwise (network, deadline).
         """
@@ -690,15 +690,11 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         try:
             answer: dict[str, Any] = getattr(client, method)(**request)
         except ClientError as exc:
-            code = self._check_error(exc)
+            code = _error_code(exc)
             if code not in _EXPIRED_TOKEN or not self._renewable:
                 raise
             client = self._renew(client, code)
-            try:
-                answer = getattr(client, method)(**request)
-            except ClientError as again:
-                self._check_error(again)
-                raise
+            answer = getattr(client, method)(**request)
         self._check_answer(client, operation, request, answer)
         return answer
 
@@ -741,20 +737,13 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
             try:
                 table = self._request("DescribeTable", {"TableName": self._table})["Table"]
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "AccessDeniedException":
+                if _error_code(exc) != "AccessDeniedException":
                     raise
                 self._read("grove.caches.setup", "probe")
             else:
                 self._check_schema(table)
-        except NotDynamoDBError as exc:
-            variable = " (GROVE_CACHE_AWS_DYNAMODB_URL)" if self.config.url else ""
-            raise ConfigurationException(
-                f"setup of {self.location()} failed: the endpoint is not DynamoDB{variable}: {exc}"
-            ) from exc
         except self.driver_errors as exc:
-            raise AccessException(
-                f"setup failed in {self.location()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("setup", exc) from exc
 
     def _check_schema(self, table: dict[str, Any]) -> None:
         """Make sure a table has Grove's keys.
@@ -778,15 +767,19 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 "(GROVE_CACHE_AWS_DYNAMODB_TABLE names another table)"
             )
 
-    def _check_error(self, exc: ClientError) -> str:
-        """Return the error code, after turning a missing table into a configuration error.
+    @override
+    def _classify(self, operation: str, exc: Exception) -> tuple[type[GroveException], str]:
+        """A missing table, or at setup an endpoint that is not DynamoDB, is configuration.
 
-        :raises ConfigurationException: The error says that the table does not exist.
+        Whatever the call: ``ResourceNotFoundException`` means that the table the settings
+        name does not exist, and the detail says how to create it.
         """
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code == "ResourceNotFoundException":
-            raise ConfigurationException(self._missing_table_message()) from exc
-        return code
+        if isinstance(exc, ClientError) and _error_code(exc) == "ResourceNotFoundException":
+            return ConfigurationException, self._missing_table_message()
+        if isinstance(exc, NotDynamoDBError) and operation == "setup":
+            variable = " (GROVE_CACHE_AWS_DYNAMODB_URL)" if self.config.url else ""
+            return ConfigurationException, f"the endpoint is not DynamoDB{variable}: {exc}"
+        return super()._classify(operation, exc)
 
     def _missing_table_message(self) -> str:
         config = self.config
@@ -1223,7 +1216,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         try:
             return self._request(operation, request)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if _error_code(exc) == "ConditionalCheckFailedException":
                 old = exc.response.get("Item")
                 return _Refused(old if isinstance(old, dict) else None)
             raise
@@ -1402,9 +1395,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 )
                 deleted += len(sks)
         except self.driver_errors as exc:
-            raise AccessException(
-                f"collecting garbage failed in {self.location()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("maintain", exc) from exc
         return deleted
 
     def create_table(self, *, timeout: float = 300.0) -> bool:
@@ -1443,7 +1434,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 )
                 created = True
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                if _error_code(exc) != "ResourceInUseException":
                     raise
                 created = False
             delay = 2
@@ -1453,9 +1444,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
             )
             table = self._request("DescribeTable", {"TableName": self._table})["Table"]
         except (ClientError, BotoCoreError, WaiterError) as exc:
-            raise AccessException(
-                f"creating the table failed in {self.location()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("create_storage", exc) from exc
         self._check_schema(table)
         self._enable_ttl()
         return created
@@ -1485,8 +1474,8 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 },
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "AccessDeniedException":
-                raise self._ttl_error(exc) from exc
+            if _error_code(exc) != "AccessDeniedException":
+                raise self._failure("create_storage", exc, where=f"TTL on {self._ttl!r}") from exc
             _logger.warning(
                 "%s: not allowed to turn DynamoDB's TTL on for %r, so DynamoDB will not remove "
                 "expired entries by itself (sweep_expired() does): %s",
@@ -1495,13 +1484,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 exc,
             )
         except BotoCoreError as exc:
-            raise self._ttl_error(exc) from exc
-
-    def _ttl_error(self, exc: Exception) -> AccessException:
-        return AccessException(
-            f"turning TTL on for {self._ttl!r} failed in {self.location()}: "
-            f"{type(exc).__name__}: {exc}"
-        )
+            raise self._failure("create_storage", exc, where=f"TTL on {self._ttl!r}") from exc
 
     @override
     def create_storage(self) -> str:
@@ -1513,6 +1496,11 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         """
         created = self.create_table()
         return f"{'created' if created else 'found'} {self.location()}, expiry in {self._ttl!r}"
+
+
+def _error_code(exc: ClientError) -> str:
+    """The error code of DynamoDB's answer, such as ``ConditionalCheckFailedException``."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def create_table(config: Configuration | None = None, *, timeout: float = 300.0) -> bool:

@@ -509,7 +509,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
                 check_same_thread=False,
             )
         except (OSError, sqlite3.Error) as exc:
-            raise self._open_error(exc) from exc
+            raise self._failure("open", exc) from exc
         try:
             if not self._prepare(connection, create=create):
                 connection.close()
@@ -525,7 +525,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
             opened = _Connection(connection, self.path)
         except (OSError, sqlite3.Error) as exc:
             connection.close()
-            raise self._open_error(exc) from exc
+            raise self._failure("open", exc) from exc
         except BaseException:
             connection.close()
             raise
@@ -551,9 +551,6 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
                 f"{self.location()} was removed while in use; setup() ('grove-cache init') "
                 "creates a new one"
             )
-
-    def _open_error(self, exc: BaseException) -> AccessException:
-        return AccessException(f"cannot open {self.location()}: {type(exc).__name__}: {exc}")
 
     def _create_file(self) -> None:
         """Create the file 0600 (and missing directories 0700), whatever the umask."""

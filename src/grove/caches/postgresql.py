@@ -447,6 +447,16 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
     def _scrubbed(self, exc: BaseException) -> str:
         return _scrub(f"{type(exc).__name__}: {exc}", self._secrets)
 
+    @override
+    def _classify(self, operation: str, exc: Exception) -> tuple[type[GroveException], str]:
+        """Passwords are masked in every detail; a refused login is configuration."""
+        if isinstance(exc, psycopg.OperationalError) and _REFUSED_LOGIN.search(str(exc)):
+            return (
+                ConfigurationException,
+                f"{Configuration.env_name('dsn')}: the login was refused: {self._scrubbed(exc)}",
+            )
+        return AccessException, self._scrubbed(exc)
+
     # -- connections -------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -584,9 +594,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
         try:
             row = connection.execute(self._sql.inspect, (self._sql.table,)).fetchone()
         except psycopg.Error as exc:
-            raise AccessException(
-                f"cannot inspect {self.location()}: {self._scrubbed(exc)}"
-            ) from exc
+            raise self._failure("inspection", exc) from exc
         assert row is not None  # the query always returns one row
         kind, comment, columns, primary_key, isolation = row
         variable = Configuration.env_name("table")
@@ -656,9 +664,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
                     for statement in self._sql.create:
                         connection.execute(statement)
             except psycopg.Error as exc:
-                raise AccessException(
-                    f"cannot create {self.location()}: {self._scrubbed(exc)}"
-                ) from exc
+                raise self._failure("create_storage", exc) from exc
         return f"created {self.location()}"
 
     def close(self) -> None:

@@ -133,7 +133,7 @@ from grove.caches.atomic import (
     Stored,
 )
 from grove.caches.configuration import HandlerConfiguration
-from grove.exceptions import AccessException, ConfigurationException
+from grove.exceptions import ConfigurationException
 
 __all__ = [
     "LIST_BATCH",
@@ -472,9 +472,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
         try:
             self._execute("PING")
         except RedisError as exc:
-            raise AccessException(
-                f"cannot reach {self.location()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("setup", exc) from exc
 
     def server_info(self) -> dict[str, str]:
         """Return the fields of the server's ``INFO`` (default sections).
@@ -486,9 +484,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
         try:
             answer = self._execute("INFO")
         except RedisError as exc:
-            raise AccessException(
-                f"INFO failed in {self.location()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("INFO", exc) from exc
         text = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
         fields = {}
         for line in text.splitlines():
