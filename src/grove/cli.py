@@ -43,7 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 try:
     import click
@@ -61,7 +61,7 @@ try:
     )
     from rich.table import Table
     from rich.text import Text
-except ImportError as missing:  # pragma: no cover - depends on the install
+except ImportError as missing:  # without the cli extra
     raise SystemExit(
         f"grove-cache needs the 'cli' extra ({missing.name} is missing): "
         "pip install 'grove-caches[cli]'"
@@ -1284,6 +1284,10 @@ def _open_output(path: Path | None) -> Iterator[IO[bytes]]:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+_OUTCOMES = (GroveException, ValueError, TypeError)
+"""Exceptions that :func:`_run_parallel` reports as an item's outcome; others are bugs."""
+
+
 def _run_parallel(
     function: Callable[[T], R],
     items: Iterable[T],
@@ -1300,42 +1304,57 @@ def _run_parallel(
     :return: Each item with what the function returned or the exception it raised, in
         completion order.
     """
-    expected = (GroveException, ValueError, TypeError)
     if workers <= 1:
         for item in items:
             try:
                 yield item, function(item)
-            except expected as exc:
+            except _OUTCOMES as exc:
                 yield item, exc
         return
-    pending: dict[Future[R], T] = {}
-    latest: dict[Hashable, Future[R]] = {}
+    flight = _InFlight[T, R](key)
+    with ThreadPoolExecutor(workers) as pool:
+        for item in items:
+            earlier = flight.latest_of(item)
+            if earlier is not None:
+                # Its key is in flight: wait for that write, so the later line wins.
+                yield from flight.collect(wait([earlier]).done)
+            flight.add(item, pool.submit(function, item))
+            if len(flight.pending) >= workers * 4:
+                yield from flight.collect(wait(flight.pending, return_when=FIRST_COMPLETED).done)
+        yield from flight.collect(set(flight.pending))
 
-    def collect(done: Iterable[Future[R]]) -> Iterator[tuple[T, R | BaseException]]:
+
+class _InFlight(Generic[T, R]):
+    """The futures of :func:`_run_parallel` in flight, and the latest one of each key."""
+
+    def __init__(self, key: Callable[[T], Hashable] | None) -> None:
+        self.key = key
+        self.pending: dict[Future[R], T] = {}
+        self.latest: dict[Hashable, Future[R]] = {}
+
+    def latest_of(self, item: T) -> Future[R] | None:
+        """The future in flight for an item with the same key, if any."""
+        return None if self.key is None else self.latest.get(self.key(item))
+
+    def add(self, item: T, future: Future[R]) -> None:
+        """Track a submitted item."""
+        self.pending[future] = item
+        if self.key is not None:
+            self.latest[self.key(item)] = future
+
+    def collect(self, done: Iterable[Future[R]]) -> Iterator[tuple[T, R | BaseException]]:
+        """Yield each finished item with its outcome; raise an error that is a bug."""
         for future in list(done):
-            item = pending.pop(future)
-            if key is not None and latest.get(key(item)) is future:
-                del latest[key(item)]
+            item = self.pending.pop(future)
+            if self.key is not None and self.latest.get(self.key(item)) is future:
+                del self.latest[self.key(item)]
             error = future.exception()
             if error is None:
                 yield item, future.result()
-            elif isinstance(error, expected):
+            elif isinstance(error, _OUTCOMES):
                 yield item, error
             else:
                 raise error
-
-    with ThreadPoolExecutor(workers) as pool:
-        for item in items:
-            if key is not None and (earlier := latest.get(key(item))) is not None:
-                # Its key is in flight: wait for that write, so the later line wins.
-                yield from collect(wait([earlier]).done)
-            future = pool.submit(function, item)
-            pending[future] = item
-            if key is not None:
-                latest[key(item)] = future
-            if len(pending) >= workers * 4:
-                yield from collect(wait(pending, return_when=FIRST_COMPLETED).done)
-        yield from collect(set(pending))
 
 
 def _no_such_option_hint(option: str) -> str:

@@ -144,7 +144,7 @@ try:
     from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
     from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound, WaiterError
     from botocore.retries.standard import RetryContext, StandardRetryConditions
-except ImportError as exc:  # pragma: no cover - exercised by a test that hides boto3
+except ImportError as exc:  # without the aws extra (a test hides boto3)
     raise ImportError(
         f"grove.caches.aws_dynamodb needs boto3 ({exc}): pip install 'grove-caches[aws]'"
     ) from exc
@@ -977,7 +977,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         values[":expected"] = {"S": expected}
         return f"(#data = :expected OR #digest = :digest_expected) AND {_ALIVE}", True
 
-    def _names(self, *expressions: str) -> dict[str, str]:
+    def _attribute_names(self, *expressions: str) -> dict[str, str]:
         """The attribute names the expressions use; DynamoDB refuses unused ones."""
         text = " ".join(expressions)
         names = {token: name for token, name in _NAMES.items() if token in text}
@@ -1021,9 +1021,9 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         }
         if condition is not None:
             request["ConditionExpression"] = condition
-            request["ExpressionAttributeNames"] = self._names(update, condition)
+            request["ExpressionAttributeNames"] = self._attribute_names(update, condition)
         else:
-            request["ExpressionAttributeNames"] = self._names(update)
+            request["ExpressionAttributeNames"] = self._attribute_names(update)
         return self._conditional("UpdateItem", request, return_old, callers)
 
     @override
@@ -1195,7 +1195,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
         }
         if condition is not None:
             request["ConditionExpression"] = condition
-            request["ExpressionAttributeNames"] = self._names(condition)
+            request["ExpressionAttributeNames"] = self._attribute_names(condition)
             if values:
                 request["ExpressionAttributeValues"] = values
         return self._conditional("DeleteItem", request, return_old, callers)
@@ -1247,7 +1247,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
             values[":prefix"] = {"S": prefix}
         else:
             request["FilterExpression"] = live
-        request["ExpressionAttributeNames"] = self._names(live)
+        request["ExpressionAttributeNames"] = self._attribute_names(live)
         request["ExpressionAttributeValues"] = values
         if pk is not None or prefix:
             request["ExpressionAttributeNames"]["#pk"] = "pk"
@@ -1276,7 +1276,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
                 "ConsistentRead": True,
                 "ProjectionExpression": projection,
-                "ExpressionAttributeNames": self._names(projection),
+                "ExpressionAttributeNames": self._attribute_names(projection),
                 "ReturnConsumedCapacity": "TOTAL",
             },
         ).get("Item")
@@ -1310,7 +1310,11 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
             "FilterExpression": condition,
             "Limit": _PAGE_ITEMS,
             "ProjectionExpression": "#pk, #sk",
-            "ExpressionAttributeNames": {**self._names(condition), "#pk": "pk", "#sk": "sk"},
+            "ExpressionAttributeNames": {
+                **self._attribute_names(condition),
+                "#pk": "pk",
+                "#sk": "sk",
+            },
             "ExpressionAttributeValues": {":now": now},
         }
         removed = 0

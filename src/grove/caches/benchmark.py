@@ -114,6 +114,14 @@ def _fresh_key(namespace: str, tag: str, index: int) -> tuple[str, str]:
     return f"fresh.{namespace}.{tag}.{index // 8:08x}", f"operation-{index % 8}"
 
 
+_Step = tuple[Callable[[int], object], Callable[[], None]]
+"""One operation's call for the i-th step, and its clean-up after the run."""
+
+
+def _nothing() -> None:
+    return None
+
+
 class _Run:
     """The state of one subject across operations: which value each stored key holds."""
 
@@ -146,16 +154,36 @@ class _Run:
 
         Keys are made before the run, so the timed loop holds only the call itself.
         """
-        store, values, current = self.store, self.values, self.current
-        stored, size = self.stored_keys, self.workload.keys
         self.runs += 1
         fresh = [
             _fresh_key(self.workload.namespace, str(self.runs), index)
             for index in range(self.workload.calls)
         ]
+        table = {**self._reading_steps(fresh), **self._writing_steps(fresh)}
+        if operation in ("set new", "not_set", "delete"):
+            self.unremoved = fresh
+        if operation == "delete":
+            for pk, sk in fresh:
+                self.store.set(pk, sk, self.values[0])
+        return table[operation]
 
-        def nothing() -> None:
-            return None
+    def _reading_steps(self, fresh: list[tuple[str, str]]) -> dict[str, _Step]:
+        store, stored, size = self.store, self.stored_keys, self.workload.keys
+
+        def get_miss(index: int) -> object:
+            try:
+                return store.get(*fresh[index])
+            except (NotFoundException, KeyError, FileNotFoundError):
+                return None
+
+        return {
+            "get hit": (lambda i: store.get(*stored[i % size]), _nothing),
+            "get miss": (get_miss, _nothing),
+        }
+
+    def _writing_steps(self, fresh: list[tuple[str, str]]) -> dict[str, _Step]:
+        store, values, current = self.store, self.values, self.current
+        stored, size = self.stored_keys, self.workload.keys
 
         def remove_fresh() -> None:
             for pk, sk in fresh:
@@ -164,12 +192,6 @@ class _Run:
 
         def removed_by_the_run() -> None:
             self.unremoved = []
-
-        def get_miss(index: int) -> object:
-            try:
-                return store.get(*fresh[index])
-            except (NotFoundException, KeyError, FileNotFoundError):
-                return None
 
         def overwrite(index: int) -> object:
             # A different value each time: storing the same bytes again costs some
@@ -186,21 +208,13 @@ class _Run:
             store.set(*stored[slot], values[1 - old], constraint=values[old])
             return None
 
-        table: dict[str, tuple[Callable[[int], object], Callable[[], None]]] = {
+        return {
             "set new": (lambda i: store.set(*fresh[i], values[0]), remove_fresh),
-            "get hit": (lambda i: store.get(*stored[i % size]), nothing),
-            "get miss": (get_miss, nothing),
-            "overwrite": (overwrite, nothing),
-            "compare-and-set": (compare_and_set, nothing),
+            "overwrite": (overwrite, _nothing),
+            "compare-and-set": (compare_and_set, _nothing),
             "not_set": (lambda i: store.set(*fresh[i], values[0], not_set=True), remove_fresh),
             "delete": (lambda i: store.delete(*fresh[i]), removed_by_the_run),
         }
-        if operation in ("set new", "not_set", "delete"):
-            self.unremoved = fresh
-        if operation == "delete":
-            for pk, sk in fresh:
-                store.set(pk, sk, values[0])
-        return table[operation]
 
 
 def _throughput(step: Callable[[int], object], calls: int) -> float:

@@ -363,8 +363,7 @@ _open_handlers: weakref.WeakSet[Handler] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for handler in list(_open_handlers):
-        handler._local = threading.local()
-        handler._connections = weakref.WeakSet()
+        handler.after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -437,6 +436,15 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
         existed = os.path.exists(self.path)
         self.setup()
         return f"{'found' if existed else 'created'} {self.location()}"
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's connections in a forked child, neither using nor closing them.
+
+        Called for every handler of the process by :func:`os.register_at_fork`; the
+        child opens its own connections on first use.
+        """
+        self._local = threading.local()
+        self._connections = weakref.WeakSet()
 
     def close(self) -> None:
         """Close the connections this handler opened, in every thread.

@@ -95,7 +95,7 @@ try:
     import psycopg
     from psycopg import conninfo, pq, sql
     from psycopg_pool import ConnectionPool, PoolTimeout
-except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
+except ImportError as exc:  # without the postgresql extra
     raise ImportError(
         f"grove.caches.postgresql needs psycopg and psycopg_pool ({exc}): "
         "pip install 'grove-caches[postgresql]'"
@@ -270,45 +270,53 @@ class _Statements:
 
     def __init__(self, table: str) -> None:
         *schema, name = table.split(".")
-        identifier = sql.Identifier(*schema, name)
-        self.table = identifier.as_string()
+        self.name = name
+        self.identifier = sql.Identifier(*schema, name)
+        self.table = self.identifier.as_string()
+        self._entry_statements()
+        self._schema_statements()
 
-        def compose(template: str) -> str:
-            return (
-                sql.SQL(template)
-                .format(
-                    t=identifier,
-                    index=sql.Identifier(f"{name}_expires_at"),
-                    live=sql.SQL(_LIVE),
-                    comment=sql.Literal(f"{_COMMENT_PREFIX}{SCHEMA_VERSION}"),
-                )
-                .as_string()
+    def compose(self, template: str) -> str:
+        """Fill a template's ``{t}``, ``{index}``, ``{live}`` and ``{comment}``."""
+        return (
+            sql.SQL(template)
+            .format(
+                t=self.identifier,
+                index=sql.Identifier(f"{self.name}_expires_at"),
+                live=sql.SQL(_LIVE),
+                comment=sql.Literal(f"{_COMMENT_PREFIX}{SCHEMA_VERSION}"),
             )
+            .as_string()
+        )
 
-        def write(expires: str) -> tuple[str, str, str]:
-            upsert = compose(
-                "INSERT INTO {t} AS e (pk, sk, value, expires_at) VALUES (%b, %b, %b, "
+    def _writes(self, expires: str) -> tuple[str, str, str]:
+        """The upsert, the insert over an absent or expired row, the compare-and-set."""
+        compose = self.compose
+        upsert = compose(
+            "INSERT INTO {t} AS e (pk, sk, value, expires_at) VALUES (%b, %b, %b, "
+            + expires
+            + ") ON CONFLICT (pk, sk) DO UPDATE "
+            "SET value = excluded.value, expires_at = excluded.expires_at"
+        )
+        return (
+            upsert,
+            upsert + " WHERE e.expires_at <= now()",
+            compose(
+                "UPDATE {t} SET value = %b, expires_at = "
                 + expires
-                + ") ON CONFLICT (pk, sk) DO UPDATE "
-                "SET value = excluded.value, expires_at = excluded.expires_at"
-            )
-            return (
-                upsert,
-                upsert + " WHERE e.expires_at <= now()",
-                compose(
-                    "UPDATE {t} SET value = %b, expires_at = "
-                    + expires
-                    + " WHERE pk = %b AND sk = %b AND value = %b AND {live}"
-                ),
-            )
+                + " WHERE pk = %b AND sk = %b AND value = %b AND {live}"
+            ),
+        )
 
+    def _entry_statements(self) -> None:
+        compose = self.compose
         self.select = compose("SELECT value FROM {t} WHERE pk = %b AND sk = %b AND {live}")
         self.select_expiry = compose(
             "SELECT date_part('epoch', expires_at) FROM {t} WHERE pk = %b AND sk = %b AND {live}"
         )
-        self.upsert, self.insert_if_absent, self.update_if_equal = write("NULL")
-        self.upsert_expiring, self.insert_expiring_if_absent, self.update_expiring_if_equal = write(
-            _EXPIRES
+        self.upsert, self.insert_if_absent, self.update_if_equal = self._writes("NULL")
+        self.upsert_expiring, self.insert_expiring_if_absent, self.update_expiring_if_equal = (
+            self._writes(_EXPIRES)
         )
         self.delete = compose("DELETE FROM {t} WHERE pk = %b AND sk = %b")
         self.delete_if_equal = compose(
@@ -326,6 +334,9 @@ class _Statements:
             "FROM {t} WHERE (pk, sk) > (%b, %b) AND pk < %b AND {live} "
             "ORDER BY pk, sk LIMIT %b) AS page WHERE before < %b ORDER BY pk, sk"
         )
+
+    def _schema_statements(self) -> None:
+        compose = self.compose
         self.create = [
             compose(
                 "CREATE TABLE IF NOT EXISTS {t} (pk bytea NOT NULL, sk bytea NOT NULL, "
@@ -390,7 +401,7 @@ def _after_fork_in_child() -> None:
     # The parent's connections are the parent's: a child neither uses nor closes them
     # (closing would end the parent's sessions), and its pool's threads did not survive.
     for handler in list(_open_handlers):
-        handler._forget_pool()
+        handler.after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -512,8 +523,12 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
             self._pool = pool
             return pool
 
-    def _forget_pool(self) -> None:
-        """Drop the pool without closing it: it belongs to the parent of a forked child."""
+    def after_fork_in_child(self) -> None:
+        """Drop the pool in a forked child without closing it: it belongs to the parent.
+
+        Called for every handler of the process by :func:`os.register_at_fork`; the
+        child opens its own pool on first use.
+        """
         if self._finalizer is not None:
             self._finalizer.detach()
         if self._pool is not None:

@@ -117,7 +117,7 @@ try:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - exercised by a test that hides redis
+except ImportError as exc:  # without the redis extra (a test hides it)
     raise ImportError(
         f"grove.caches.redis needs redis-py ({exc}): pip install 'grove-caches[redis]'"
     ) from exc
@@ -601,20 +601,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
         cursor: bytes | int = 0
         while True:
             cursor, names = self._execute("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
-            found: list[tuple[bytes, str, str]] = []
-            for name in names:
-                if name in seen:
-                    continue
-                keys = parse_entry_key(self.prefix, name)
-                if keys is None:
-                    continue
-                entry_pk, entry_sk = keys
-                if (pk is not None and entry_pk != pk) or (
-                    prefix and not entry_pk.startswith(prefix)
-                ):
-                    continue
-                seen.add(name)
-                found.append((name, entry_pk, entry_sk))
+            found = self._selected(names, seen, pk, prefix)
             for start in range(0, len(found), LIST_BATCH):
                 batch = found[start : start + LIST_BATCH]
                 values = self._execute("MGET", *(name for name, _, _ in batch))
@@ -623,6 +610,29 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
                         yield CacheEntry(entry_pk, entry_sk, value.decode("utf-8"))
             if int(cursor) == 0:
                 return
+
+    def _selected(
+        self, names: list[bytes], seen: set[bytes], pk: str | None, prefix: str | None
+    ) -> list[tuple[bytes, str, str]]:
+        """The entries of one ``SCAN`` page that the listing asked for, each once.
+
+        ``SCAN`` may return a name again on a later page (``seen`` remembers them), and
+        its glob pattern also matches names that are not entries or whose escaped
+        partition key only starts like the one asked for.
+        """
+        found: list[tuple[bytes, str, str]] = []
+        for name in names:
+            if name in seen:
+                continue
+            keys = parse_entry_key(self.prefix, name)
+            if keys is None:
+                continue
+            entry_pk, entry_sk = keys
+            if (pk is not None and entry_pk != pk) or (prefix and not entry_pk.startswith(prefix)):
+                continue
+            seen.add(name)
+            found.append((name, entry_pk, entry_sk))
+        return found
 
 
 def _masked(text: str, config: Configuration) -> str:
