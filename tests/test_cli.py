@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import importlib
 import io
 import itertools
 import json
@@ -165,6 +166,15 @@ HOSTILE_ENTRIES = sorted(
     [(f"pointer.{key}", key, f"{key}\r\n\u00e9\x00") for key in HOSTILE_KEYS]
     + [("execution_lock.x", "empty value", ""), ("p", "newlines", "\n\n")]
 )
+
+
+def test_importing_without_the_cli_extra_is_an_import_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "click", None)
+    monkeypatch.delitem(sys.modules, "grove.cli")
+    with pytest.raises(ImportError, match=r"pip install 'grove-caches\[cli\]'"):
+        importlib.import_module("grove.cli")
 
 
 # -- single entries ------------------------------------------------------------------

@@ -62,9 +62,12 @@ try:
     from rich.table import Table
     from rich.text import Text
 except ImportError as missing:  # without the cli extra
-    raise SystemExit(
+    # An ImportError, not SystemExit: documentation builds and test collection that
+    # import this module go on, and the console script's last line says what to do.
+    raise ImportError(
         f"grove-cache needs the 'cli' extra ({missing.name} is missing): "
-        "pip install 'grove-caches[cli]'"
+        "pip install 'grove-caches[cli]'",
+        name=missing.name,
     ) from missing
 
 import pydantic
