@@ -38,6 +38,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -783,24 +784,58 @@ def export(context: Context, pk: str | None, prefix: str | None, output: Path | 
     context.note(f"exported {exported}" + (f" to {output}" if output else ""))
 
 
-@dataclass
-class ImportReport:
-    """What ``import`` did, entry by entry."""
+class Mismatch(DataFormatException):
+    """A copy read back from the destination differs from the source."""
 
-    written: int = 0
-    skipped: int = 0
+
+K = TypeVar("K", bound=enum.Enum)
+
+
+@dataclass
+class Tally(Generic[K]):
+    """What a command over many entries did: each entry one outcome, or a failure.
+
+    ``import`` and ``migrate`` count into one; the first failure decides the exit code.
+    """
+
+    counts: Counter[K] = field(default_factory=Counter)
     failed: int = 0
+    mismatched: int = 0
+    """Failures that were copies read back different (:class:`Mismatch`)."""
     first_failure: BaseException | None = None
+
+    def count(self, outcome: K) -> None:
+        """Count an entry that ended as ``outcome``."""
+        self.counts[outcome] += 1
 
     def fail(self, where: str, exc: BaseException, context: Context) -> None:
         """Count a failed entry and say why on stderr."""
         self.failed += 1
+        self.mismatched += isinstance(exc, Mismatch)
         self.first_failure = self.first_failure or exc
         context.err.print(Text(f"grove-cache: {where}: {_message(exc)}"))
 
+    @property
+    def done(self) -> int:
+        """How many entries ended, one way or another."""
+        return sum(self.counts.values()) + self.failed
+
+    def exit_on_failure(self) -> None:
+        """End the command with the exit code of the first failure, if any."""
+        if self.first_failure is not None:
+            raise SystemExit(exit_code_for(self.first_failure))
+
+
+class Imported(enum.Enum):
+    """What ``import`` did with one line."""
+
+    WRITTEN = "written"
+    SKIPPED = "skipped"
+    """``--not-set``: a value was stored already; left as it was."""
+
 
 def _read_entries(
-    lines: Iterable[bytes], report: ImportReport, context: Context, meter: Meter
+    lines: Iterable[bytes], report: Tally[Imported], context: Context, meter: Meter
 ) -> Iterator[tuple[int, CacheEntry]]:
     for number, read in enumerate(lines, start=1):
         meter.advance(0, size=len(read))
@@ -845,7 +880,7 @@ def import_(context: Context, source: IO[bytes], not_set: bool, workers: int) ->
     line wins (with --not-set, the first).
     """
     cache = context.cache(writes=True)
-    report = ImportReport()
+    report = Tally[Imported]()
 
     def write(item: tuple[int, CacheEntry]) -> None:
         _, entry = item
@@ -858,19 +893,19 @@ def import_(context: Context, source: IO[bytes], not_set: bool, workers: int) ->
         ):
             meter.advance()
             if error is None:
-                report.written += 1
+                report.count(Imported.WRITTEN)
             elif isinstance(error, DataFormatException) and not_set:
-                report.skipped += 1
+                report.count(Imported.SKIPPED)
             else:
                 report.fail(f"line {number}", error, context)
+    written, skipped = report.counts[Imported.WRITTEN], report.counts[Imported.SKIPPED]
     context.err.print(
         Text(
-            f"imported: {report.written:,} written, {report.skipped:,} skipped (already set), "
+            f"imported: {written:,} written, {skipped:,} skipped (already set), "
             f"{report.failed:,} failed"
         )
     )
-    if report.first_failure is not None:
-        raise SystemExit(exit_code_for(report.first_failure))
+    report.exit_on_failure()
 
 
 class Copied(enum.Enum):
@@ -884,10 +919,6 @@ class Copied(enum.Enum):
     """The destination held a different value; replaced."""
     KEPT = "kept"
     """``--not-set``: the destination held a value; left as it was."""
-
-
-class Mismatch(DataFormatException):
-    """A copy read back from the destination differs from the source."""
 
 
 def _copy(target: BaseCache, entry: CacheEntry, *, not_set: bool, dry_run: bool) -> Copied:
@@ -925,47 +956,29 @@ def _copy(target: BaseCache, entry: CacheEntry, *, not_set: bool, dry_run: bool)
     return outcome
 
 
-@dataclass
-class MigrateReport:
-    """What ``migrate`` did, entry by entry."""
-
-    not_set: bool
-    dry_run: bool
-    tally: dict[Copied, int] = field(default_factory=lambda: dict.fromkeys(Copied, 0))
-    failed: int = 0
-    mismatched: int = 0
-    first_failure: BaseException | None = None
-
-    def fail(self, exc: BaseException) -> None:
-        """Count an entry that could not be copied (or compared)."""
-        self.failed += 1
-        self.mismatched += isinstance(exc, Mismatch)
-        self.first_failure = self.first_failure or exc
-
-    def summary(self, seconds: float) -> str:
-        """Say what was done, in one line."""
-        tally = self.tally
-        done = sum(tally.values()) + self.failed
-        new, unchanged = tally[Copied.NEW], tally[Copied.UNCHANGED]
-        overwritten, kept = tally[Copied.OVERWRITTEN], tally[Copied.KEPT]
-        would = "would be " if self.dry_run else ""
-        parts = [f"{new:,} {would}new"]
-        if self.not_set:
-            parts.append(f"{unchanged + kept:,} {would}skipped (already at the destination)")
-        else:
-            parts += [
-                f"{unchanged:,} {'already equal' if self.dry_run else 'unchanged'}",
-                f"{overwritten:,} {would}overwritten (the destination held a different value)",
-            ]
-        parts.append(f"{self.failed:,} failed")
-        if self.dry_run:
-            return f"dry run: {plural(done, 'entry', 'entries')}: {', '.join(parts)}"
-        rate = done / seconds if seconds > 0 else float(done)
-        return (
-            f"migrated {plural(done, 'entry', 'entries')} in {seconds:.1f} s "
-            f"({rate:,.0f} entries/s): {', '.join(parts)}; "
-            f"verified {new + overwritten:,}, {self.mismatched:,} mismatched"
-        )
+def _migrate_summary(report: Tally[Copied], *, not_set: bool, dry_run: bool, seconds: float) -> str:
+    """Say what ``migrate`` did, in one line."""
+    tally, done = report.counts, report.done
+    new, unchanged = tally[Copied.NEW], tally[Copied.UNCHANGED]
+    overwritten, kept = tally[Copied.OVERWRITTEN], tally[Copied.KEPT]
+    would = "would be " if dry_run else ""
+    parts = [f"{new:,} {would}new"]
+    if not_set:
+        parts.append(f"{unchanged + kept:,} {would}skipped (already at the destination)")
+    else:
+        parts += [
+            f"{unchanged:,} {'already equal' if dry_run else 'unchanged'}",
+            f"{overwritten:,} {would}overwritten (the destination held a different value)",
+        ]
+    parts.append(f"{report.failed:,} failed")
+    if dry_run:
+        return f"dry run: {plural(done, 'entry', 'entries')}: {', '.join(parts)}"
+    rate = done / seconds if seconds > 0 else float(done)
+    return (
+        f"migrated {plural(done, 'entry', 'entries')} in {seconds:.1f} s "
+        f"({rate:,.0f} entries/s): {', '.join(parts)}; "
+        f"verified {new + overwritten:,}, {report.mismatched:,} mismatched"
+    )
 
 
 @cli.command()
@@ -1028,23 +1041,22 @@ def migrate(
     def copy(entry: CacheEntry) -> Copied:
         return _copy(target.handler, entry, not_set=not_set, dry_run=dry_run)
 
-    report = MigrateReport(not_set=not_set, dry_run=dry_run)
+    report = Tally[Copied]()
     started = time.perf_counter()
     with context.progress("comparing" if dry_run else "copying", total=total) as meter:
         for entry, outcome in _run_parallel(copy, _listed(source, None, None), workers):
             meter.advance()
             if isinstance(outcome, Copied):
-                report.tally[outcome] += 1
+                report.count(outcome)
                 continue
             if _storage_missing(outcome):  # every other entry would fail the same way
                 raise SystemExit(context.report(outcome, target))
-            report.fail(outcome)
-            context.err.print(
-                Text(f"grove-cache: copy of {entry.pk!r} {entry.sk!r}: {_message(outcome)}")
-            )
-    context.err.print(Text(report.summary(time.perf_counter() - started)))
-    if report.first_failure is not None:
-        raise SystemExit(exit_code_for(report.first_failure))
+            report.fail(f"copy of {entry.pk!r} {entry.sk!r}", outcome, context)
+    seconds = time.perf_counter() - started
+    context.err.print(
+        Text(_migrate_summary(report, not_set=not_set, dry_run=dry_run, seconds=seconds))
+    )
+    report.exit_on_failure()
 
 
 # -- operations ----------------------------------------------------------------------
