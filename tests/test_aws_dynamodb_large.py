@@ -22,12 +22,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto_server import count_requests, fake_answer, make_handler
 
 from grove.caches import CacheEntry
 from grove.caches.aws_dynamodb import INLINE_VALUE_BYTES, MAX_VALUE_BYTES, Handler
 from grove.caches.testing import ManualClock
 from grove.exceptions import DataFormatException, NotFoundException
+from tests.moto_server import count_requests, fake_answer, make_handler
 
 MiB = 1024 * 1024
 CHUNK_PREFIX = "grove.caches.chunk."

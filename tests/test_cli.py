@@ -28,11 +28,11 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from benchmarks.moto_server import fake_credentials
 from grove.caches import BaseCache, create
 from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseLost
 from grove.caches.testing import HOSTILE_KEYS
 from grove.cli import ExitCode, _masked_settings, main
+from tests.moto_process import fake_credentials
 
 GROVE_CACHE = str(Path(sys.executable).parent / "grove-cache")
 

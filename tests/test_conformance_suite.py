@@ -170,7 +170,7 @@ def test_suite_fails_each_broken_handler_on_its_fault(pytester: pytest.Pytester)
 
 
 TWO_STORES = textwrap.dedent(
-    '''
+    """
     import functools
 
     import pytest
@@ -193,7 +193,7 @@ TWO_STORES = textwrap.dedent(
         @pytest.fixture
         def cache_factory(self, tmp_path):
             return functools.partial(handler_on, str(tmp_path / "two.db"))
-    '''
+    """
 )
 
 

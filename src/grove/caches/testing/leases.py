@@ -24,7 +24,7 @@ from grove.caches.lease import (
     LeaseUnavailable,
     parse_value,
 )
-from grove.caches.testing.base import HandlerFixtures
+from grove.caches.testing.base import SharedStoreFixtures
 from grove.caches.testing.contention import run_in_processes
 from grove.caches.testing.expiry import ManualClock
 from grove.caches.testing.fencing import (
@@ -42,7 +42,7 @@ from grove.caches.testing.support import (
 from grove.exceptions import DataFormatException
 
 
-class LeaseConformance(HandlerFixtures):
+class LeaseConformance(SharedStoreFixtures):
     """Leases (:mod:`grove.caches.lease`) on the handler, frozen holders included.
 
     Tokens, skew, upstream locks, costs, and contention. Mix it in beside
