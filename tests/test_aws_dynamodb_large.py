@@ -458,6 +458,7 @@ def _killed_writer(url: str, table: str, value: str, kill_before: str) -> None:
     cache.set("killed", "v", value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_before", ["head", "cleanup"])
 def test_writer_killed_between_steps(moto_endpoint: str, table: str, kill_before: str) -> None:
     cache = make_handler(moto_endpoint, table)

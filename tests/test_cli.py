@@ -389,6 +389,7 @@ def test_masked_settings_hide_secrets() -> None:
     assert shown == {"url": "postgres://127.0.0.1/db", "password": "********"}
 
 
+@pytest.mark.slow
 def test_migrate_round_trip_ends_identical(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """local_file -> aws_dynamodb -> local_sqlite -> local_file, 10,000 entries."""
     entries = sorted(

@@ -134,6 +134,7 @@ BROKEN_HANDLERS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_suite_fails_each_broken_handler_on_its_fault(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_broken=BROKEN_HANDLERS)
     result = pytester.inline_run("-p", "no:cacheprovider", "-W", "error")

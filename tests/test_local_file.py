@@ -532,6 +532,7 @@ def _assert_whole_version(value: str) -> int:
     return number
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> None:
     """SIGKILL a writer of 1 MiB values at random moments; every read is one whole version.
 
