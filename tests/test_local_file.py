@@ -24,13 +24,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grove.caches import CacheEntry, load, local_file
+from grove.caches import CacheEntry, load
 from grove.caches.local_file import (
     NAME_MAX,
     SUFFIX,
     Configuration,
+    EntryPath,
     Handler,
-    _Spot,
+    boundary,
     decode_components,
     encode_components,
     escape,
@@ -134,10 +135,10 @@ def test_only_names_that_escaping_makes_decode(name: str) -> None:
     sk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
 )
 def test_fast_path_for_plain_keys_agrees_with_escaping(pk: str, sk: str) -> None:
-    spot = _Spot(pk, sk)
+    entry = EntryPath(pk, sk)
     files = encode_components(sk, SUFFIX)
-    assert spot.directories == [*encode_components(pk, ""), *files[:-1]]
-    assert spot.file == files[-1]
+    assert entry.directories == [*encode_components(pk, ""), *files[:-1]]
+    assert entry.file == files[-1]
 
 
 @pytest.mark.parametrize(
@@ -613,10 +614,10 @@ LONG_KEY = "\u20ac" * 300  # escaped, longer than one file name: a chain of dire
 def resolving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways the handler opens paths: openat2 where the kernel has it, and the walk."""
     if request.param == "openat2":
-        if local_file._openat2() is None:
+        if boundary.openat2() is None:
             pytest.skip("openat2 is not available here (Linux 5.6 or later)")
     else:
-        monkeypatch.setattr(local_file, "_openat2", lambda: None)
+        monkeypatch.setattr(boundary, "openat2", lambda: None)
     return str(request.param)
 
 

@@ -1,0 +1,464 @@
+"""The local_file handler: atomic, locked calls over the files of :mod:`.names`.
+
+Atomicity
+    A write goes to a fresh temporary file in the entry's directory, which then replaces the
+    entry with one ``rename``: a reader opens either the old file or the new one, whole,
+    even if the writer is killed at any instant. A temporary file left by a killed writer
+    is never read (its name is not an entry's); a write that fails or is interrupted
+    (``KeyboardInterrupt`` included) removes its own. :meth:`Handler.setup` tidies the
+    directory: it removes temporary files older than
+    :data:`~grove.caches.local_file.tree.STALE_TEMPORARY_SECONDS` and directories left
+    empty by deletes as long ago. Deletes leave directories in place, as upstream Grove
+    does, so that taking and releasing a lock does not create and sync a directory each
+    time.
+
+    Every write and delete holds ``flock`` on the entry's directory, on a descriptor opened
+    for that call (each open is its own lock, so the threads of a process exclude each
+    other as processes do). The lock spans the check of a condition and the rename or
+    unlink, so a conditional call is one step; unconditional writes and deletes take it
+    too, so that none can land between another call's check and its write. An
+    unconditional write makes its temporary file before it takes the lock, which it holds
+    for the rename only; the directory is synced after the lock is released. Reads take no
+    lock. ``flock`` does not work across hosts on network file systems (NFS, SMB): they are
+    not supported.
+
+    The lock is the directory that the call then changes, opened afresh by every call from
+    the path: no lock outlives a call, and none is held on a directory that was not at its
+    path when the call began. If that directory is removed meanwhile (a tidy, or
+    ``rm -rf <path>``), creating or renaming anything in it fails, so the call starts again
+    from the path; an entry found absent in it is reported absent only after checking that
+    the directory is still the one at the path. So a lock on a removed or replaced
+    directory never counts, however often ``<path>`` is removed, recreated or restored
+    under running handlers (a directory moved away in the middle of a call takes that
+    call's change with it, as it would a moment after the call). Earlier releases locked
+    files in ``<path>/.locks/``, which this one neither uses nor removes: stop processes
+    running an earlier release before starting this one on the same directory.
+
+    A plain ``set`` or ``delete`` replaces or removes a symlink planted as an entry file
+    (the link, never its target), as it overwrites an entry that is not valid UTF-8.
+
+The root
+    ``<path>`` and its missing parents are created (mode 0700) by :meth:`Handler.setup` and
+    by the first write that needs them, never by a read, a refused condition or a delete.
+    A ``<path>`` that has gone is never taken for an empty store: ``get``, ``set`` with a
+    constraint, ``delete`` and listing raise :class:`~grove.exceptions.AccessException`
+    rather than report an entry absent (``set`` and ``set(not_set=True)`` make it again, as
+    a first write).
+
+Durability
+    With ``fsync`` on (the default), the temporary file is synced before the rename, and
+    the directory after it, so a set that returned survives a power loss; new directories
+    are synced into their parents too. ``GROVE_CACHE_LOCAL_FILE_FSYNC=false`` skips the
+    syncs: writes stay atomic, but the last ones may be lost if the machine (not only the
+    process) stops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import itertools
+import os
+import stat
+import time
+from collections.abc import Iterator
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+from typing_extensions import override
+
+from grove.caches import CacheEntry
+from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
+from grove.caches.atomic import describe_key as _describe_key
+from grove.caches.configuration import ExpandedPath, HandlerConfiguration
+from grove.caches.local_file.boundary import (
+    AT_CWD,
+    ATTEMPTS,
+    FILE_MODE,
+    FS_ENCODING,
+    HOW_SIZE,
+    NR_OPENAT2,
+    O_TEMPORARY,
+    READ_CHUNK,
+    READ_HOW_REFERENCE,
+    Boundary,
+    diagnose,
+    make_directories,
+    named,
+    read_entry,
+    read_rest,
+    unlink_quietly,
+)
+from grove.caches.local_file.names import (
+    SUFFIX,
+    TEMPORARY_PREFIX,
+    EntryPath,
+    encode_components,
+    plain_entry,
+)
+from grove.caches.local_file.tree import (
+    STALE_TEMPORARY_SECONDS,
+    tidy_below,
+    walk_chains,
+    walk_entries,
+)
+from grove.exceptions import AccessException
+
+__all__ = ["Configuration", "CorruptEntryError", "Handler"]
+
+# Bound once: the read path is short enough that attribute lookups show in its cost.
+_os_read = os.read
+_os_close = os.close
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
+
+_temporary_counter = itertools.count()
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid  # noqa: PLW0603 - per-process state, reset by fork.
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class CorruptEntryError(Exception):
+    """An entry file holds bytes that are not UTF-8; the message names the key, not them."""
+
+
+class Configuration(HandlerConfiguration):
+    """Defines environment variables used to configure the local file cache handler.
+
+    As an example the field ``path`` is set using the environment variable
+    ``GROVE_CACHE_LOCAL_FILE_PATH``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_FILE_")
+
+    path: ExpandedPath = Field(
+        min_length=1, description="The directory holding the cache; it must exist."
+    )
+    fsync: bool = Field(
+        default=True,
+        description="Sync each written file and its directory to disk before returning.",
+    )
+
+
+class Handler(AtomicCache):
+    """A local file backed cache for pointers and other Grove data."""
+
+    driver_errors = (OSError, CorruptEntryError)
+
+    _flock = staticmethod(fcntl.flock)
+    """Takes and releases a directory's lock; the benchmark replaces it to measure it."""
+
+    def __init__(self, config: Configuration | None = None) -> None:
+        """Build a handler on a directory; nothing is touched until the first call.
+
+        :param config: The settings; when ``None``, read from the environment.
+        :raises ConfigurationException: The environment lacks the path or has an
+            invalid setting.
+        """
+        self.config = config if config is not None else Configuration.from_environment()
+        self._path = os.path.abspath(self.config.path)
+        self._root = os.path.realpath(self._path)
+        self._prefix = self._root + "/"
+        self._fsync = self.config.fsync
+        self._boundary = Boundary(self._root, self._fsync)
+        self._openat2 = self._boundary.openat2
+        self._moved = self._boundary.moved
+
+    @override
+    def location(self) -> str:
+        return f"local_file cache at {self._path}"
+
+    @override
+    def setup(self) -> None:
+        """Create the cache directory if it is missing, check it, remove stale temporaries.
+
+        The directory and its missing parents are created with mode 0700.
+
+        :raises AccessException: The directory cannot be created, is not a directory, or
+            is not writable; the message names it.
+        """
+        variable = Configuration.env_name("path")
+        try:
+            make_directories(self._root, self._fsync)
+            status = os.stat(self._root)
+        except OSError as exc:
+            raise AccessException(
+                f"{self.location()}: the directory cannot be used ({variable}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not stat.S_ISDIR(status.st_mode):
+            raise AccessException(f"{self.location()}: not a directory ({variable})")
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise AccessException(f"{self.location()}: the directory is not writable ({variable})")
+        try:
+            self.tidy()
+        except OSError as exc:
+            raise AccessException(
+                f"{self.location()}: tidying the directory failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @override
+    def create_storage(self) -> str:
+        """Create the cache directory (0700, with missing parents) if it is missing.
+
+        :raises AccessException: The directory cannot be created or used.
+        :return: What was done, in one line.
+        """
+        existed = os.path.isdir(self._root)
+        self.setup()
+        return f"{'found' if existed else 'created'} {self.location()}"
+
+    def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
+        """Remove the temporary files of crashed writers, and directories left empty.
+
+        :meth:`setup` calls this. It is safe while other handlers use the directory: only
+        temporary files and empty directories unchanged for ``older_than`` seconds go,
+        which is longer than any write takes, and a writer whose directory is removed
+        under it anyway starts again. Directories whose names start with ``.`` are not the
+        cache's and are left alone.
+
+        :param older_than: Remove temporary files and empty directories last changed this
+            many seconds ago or more.
+        :raises OSError: The directory cannot be read.
+        :return: How many temporary files were removed.
+        """
+        root = self._boundary.open_root()
+        try:
+            return tidy_below(root, time.time() - older_than)
+        finally:
+            os.close(root)
+
+    # -- primitives ------------------------------------------------------------------
+
+    @override
+    def _read(self, pk: str, sk: str) -> Stored:
+        """Atomic: one ``open`` sees either the old or the new file of a rename; no lock."""
+        joined = f"{pk}/{sk}"
+        openat2 = self._openat2
+        if openat2 is not None and plain_entry(joined):
+            # The hot path, inlined: the keys Grove writes are their own file names, and
+            # one openat2 call resolves the path without following a symlink.
+            path = f"{self._prefix}{joined}{SUFFIX}"
+            descriptor = openat2(
+                NR_OPENAT2,
+                AT_CWD,
+                path.encode(FS_ENCODING, "surrogateescape"),
+                READ_HOW_REFERENCE,
+                HOW_SIZE,
+            )
+            if descriptor < 0:
+                code = ctypes.get_errno()
+                if code == errno.ENOENT:
+                    return self._absent()
+                raise diagnose(self._root, path, code)
+            try:
+                data = _os_read(descriptor, READ_CHUNK)
+                if len(data) == READ_CHUNK or not data:
+                    data = read_rest(descriptor, data, path)
+            except OSError as exc:
+                raise named(exc, path) from None
+            finally:
+                _os_close(descriptor)
+        else:
+            entry = EntryPath(pk, sk)
+            directory = self._boundary.open_directory(entry, create=False)
+            if directory is None:
+                return self._absent()
+            try:
+                found = read_entry(entry.file, directory, entry.path(self._root))
+            finally:
+                os.close(directory)
+            if found is None:
+                return self._absent()
+            data = found
+        try:
+            return data.decode()  # UTF-8
+        except UnicodeDecodeError:
+            raise CorruptEntryError(
+                f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
+            ) from None
+
+    def _absent(self) -> Stored:
+        """Return :data:`ABSENT`, unless the cache directory itself is gone."""
+        self._boundary.absent()
+        return ABSENT
+
+    @override
+    def _write(self, pk: str, sk: str, value: str, expected: Expected) -> bool:
+        """Atomic: the check and the rename happen under the lock of the entry's directory.
+
+        An unconditional write makes its temporary file first and holds the lock only for
+        the rename. A conditional one takes the lock, reads and compares, and only then
+        writes, so a refused call writes nothing.
+        """
+        entry = EntryPath(pk, sk)
+        data = value.encode("utf-8")
+        for _ in range(ATTEMPTS):
+            written = self._write_once(entry, data, expected)
+            if written is not None:
+                return written
+        raise self._boundary.vanishing(entry)
+
+    def _write_once(self, entry: EntryPath, data: bytes, expected: Expected) -> bool | None:
+        """Make one attempt at a write; ``None`` when its directory was removed under it."""
+        # A write that may store a value creates what it needs; a compare-and-set does not.
+        directory = self._boundary.open_directory(entry, create=not isinstance(expected, str))
+        if directory is None:
+            self._absent()  # raises if the cache directory itself is gone
+            return False
+        made: list[str] = []  # temporary files to remove unless renamed
+        try:
+            if expected is ANY:
+                temporary = self._write_temporary(directory, data, made)
+            self._flock(directory, _LOCK_EX)
+            try:
+                if expected is not ANY:
+                    current = read_entry(entry.file, directory, entry.path(self._root))
+                    if not _matches(current, expected):
+                        return None if current is None and self._moved(entry, directory) else False
+                    temporary = self._write_temporary(directory, data, made)
+                try:
+                    os.rename(temporary, entry.file, src_dir_fd=directory, dst_dir_fd=directory)
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:
+                    raise named(exc, entry.path(self._root)) from None
+                made.clear()
+            finally:
+                self._flock(directory, _LOCK_UN)
+            if self._fsync:
+                os.fsync(directory)
+            return True
+        except FileNotFoundError:
+            # Creating or renaming a file fails only in a directory removed meanwhile.
+            return None
+        finally:
+            for name in made:
+                unlink_quietly(name, directory)
+            os.close(directory)
+
+    @override
+    def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> bool:
+        """Atomic: the check and the unlink happen under the lock of the entry's directory."""
+        entry = EntryPath(pk, sk)
+        for _ in range(ATTEMPTS):
+            removed = self._remove_once(entry, expected)
+            if removed is not None:
+                return removed
+        raise self._boundary.vanishing(entry)
+
+    def _remove_once(self, entry: EntryPath, expected: ExpectedToRemove) -> bool | None:
+        """Make one attempt at a removal; ``None`` when its directory was removed under it."""
+        directory = self._boundary.open_directory(entry, create=False)
+        if directory is None:
+            self._absent()  # raises if the cache directory itself is gone
+            return expected is ANY
+        try:
+            self._flock(directory, _LOCK_EX)
+            try:
+                if expected is not ANY:
+                    current = read_entry(entry.file, directory, entry.path(self._root))
+                    if not _matches(current, expected):
+                        return None if current is None and self._moved(entry, directory) else False
+                try:
+                    os.unlink(entry.file, dir_fd=directory)
+                except FileNotFoundError:
+                    return None if self._moved(entry, directory) else expected is ANY
+                except OSError as exc:
+                    raise named(exc, entry.path(self._root)) from None
+            finally:
+                self._flock(directory, _LOCK_UN)
+            if self._fsync:
+                os.fsync(directory)
+            return True
+        finally:
+            os.close(directory)
+
+    @override
+    def _scan(self, pk: str | None, prefix: str | None) -> Iterator[CacheEntry]:
+        """Walk the directories, decoding names back into keys; reads take no lock.
+
+        Files whose names escaping does not produce (temporary files, strays) are skipped.
+        An entry removed while the walk reaches it is skipped too. A symlink with a name
+        that the cache could have made is an error naming it.
+        """
+        root = self._boundary.open_root()
+        try:
+            if pk is not None:
+                names = encode_components(pk, "")
+                partition = self._boundary.open_chain(root, names, create=False)
+                if partition is None:
+                    return
+                try:
+                    yield from _scan_partition(partition, pk, "/".join([self._root, *names]))
+                finally:
+                    os.close(partition)
+                return
+            for key, partition, path in walk_chains(root, [], self._root):
+                try:
+                    if prefix is None or key.startswith(prefix):
+                        yield from _scan_partition(partition, key, path)
+                finally:
+                    os.close(partition)
+        finally:
+            os.close(root)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _write_temporary(self, directory: int, data: bytes, made: list[str]) -> str:
+        """Write data to a new temporary file in a directory; return its name.
+
+        The name is unique to this process and call; ``O_EXCL`` makes sure that a name
+        left by another process (after a PID was reused) is never written over. The name
+        goes into ``made`` before the file is created, so that the caller removes it
+        whatever happens next.
+        """
+        while True:
+            temporary = f"{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
+            made.append(temporary)
+            try:
+                descriptor = os.open(temporary, O_TEMPORARY, FILE_MODE, dir_fd=directory)
+                break
+            except FileExistsError:
+                made.remove(temporary)
+        try:
+            written = os.write(descriptor, data)
+            if written < len(data):
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(descriptor, view[written:])
+            if self._fsync:
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return temporary
+
+
+def _scan_partition(partition: int, pk: str, path: str) -> Iterator[CacheEntry]:
+    for sk, directory, name, file_path in walk_entries(partition, [], path):
+        data = read_entry(name, directory, file_path)
+        if data is None:
+            continue
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptEntryError(
+                f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
+            ) from None
+        yield CacheEntry(pk, sk, value)
+
+
+def _matches(current: bytes | None, expected: Expected) -> bool:
+    """Tell whether stored bytes (``None``: absent) are what a conditional call expects."""
+    if expected is ABSENT:
+        return current is None
+    if expected is ANY:
+        return True
+    return current is not None and current == expected.encode("utf-8")
