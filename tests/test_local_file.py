@@ -38,8 +38,11 @@ from grove.caches.local_file import (
 )
 from grove.caches.testing import (
     HOSTILE_KEYS,
+    ExpiryConformance,
     ListingConformance,
+    ManualClock,
     SharedCacheConformance,
+    SharedExpiryConformance,
     increment_until,
 )
 from grove.caches.validation import MAX_KEY_BYTES
@@ -51,14 +54,16 @@ from grove.exceptions import (
 )
 
 
-class TestLocalFileConformance(SharedCacheConformance, ListingConformance):
+class TestLocalFileConformance(
+    SharedCacheConformance, ListingConformance, ExpiryConformance, SharedExpiryConformance
+):
     process_workers = 4
     process_increments = 500
     process_racers = 8
 
     @pytest.fixture
-    def cache(self, tmp_path: Path) -> Handler:
-        handler = Handler(Configuration(path=str(tmp_path)))
+    def cache(self, tmp_path: Path, clock: ManualClock) -> Handler:
+        handler = Handler(Configuration(path=str(tmp_path)), clock=clock)
         handler.setup()
         return handler
 

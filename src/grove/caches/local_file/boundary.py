@@ -26,13 +26,14 @@ import contextlib
 import ctypes
 import errno
 import functools
+import itertools
 import os
 import stat
 import sys
 from collections.abc import Callable
 from typing import Final
 
-from grove.caches.local_file.names import EntryPath
+from grove.caches.local_file.names import TEMPORARY_PREFIX, EntryPath
 
 __all__ = [
     "ATTEMPTS",
@@ -59,6 +60,7 @@ __all__ = [
     "symlink_error",
     "sync_directory",
     "unlink_quietly",
+    "write_temporary",
 ]
 
 ATTEMPTS: Final = 64
@@ -299,6 +301,53 @@ def unlink_quietly(name: str, dir_fd: int | None) -> None:
     """
     with contextlib.suppress(OSError):
         os.unlink(name, dir_fd=dir_fd)
+
+
+_temporary_counter = itertools.count()
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid  # noqa: PLW0603 - per-process state, reset by fork.
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def write_temporary(directory: int, data: bytes, made: list[str], fsync: bool) -> str:
+    """Write data to a new temporary file in a directory; return its name.
+
+    The name is unique to this process and call; ``O_EXCL`` makes sure that a name
+    left by another process (after a PID was reused) is never written over. The name
+    goes into ``made`` before the file is created, so that the caller removes it
+    whatever happens next.
+
+    :param directory: A descriptor of the entry's directory.
+    :param data: The file's content.
+    :param made: Names of the call's temporary files, to remove unless renamed.
+    :param fsync: Sync the file before returning.
+    :return: The file's name.
+    """
+    while True:
+        temporary = f"{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
+        made.append(temporary)
+        try:
+            descriptor = os.open(temporary, O_TEMPORARY, FILE_MODE, dir_fd=directory)
+            break
+        except FileExistsError:
+            made.remove(temporary)
+    try:
+        written = os.write(descriptor, data)
+        if written < len(data):
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(descriptor, view[written:])
+        if fsync:
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return temporary
 
 
 class Boundary:

@@ -58,28 +58,36 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import itertools
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from typing_extensions import override
 
 from grove.caches import CacheEntry
-from grove.caches.atomic import ABSENT, ANY, AtomicCache, Expected, ExpectedToRemove, Stored
+from grove.caches.atomic import (
+    ABSENT,
+    ANY,
+    Clock,
+    Expected,
+    ExpectedToRemove,
+    ExpiringCache,
+    Sentinel,
+    Stored,
+)
 from grove.caches.atomic import describe_key as _describe_key
 from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.caches.local_file.boundary import (
     AT_CWD,
     ATTEMPTS,
-    FILE_MODE,
     FS_ENCODING,
     HOW_SIZE,
     NR_OPENAT2,
-    O_TEMPORARY,
     READ_CHUNK,
     READ_HOW_REFERENCE,
     Boundary,
@@ -89,16 +97,13 @@ from grove.caches.local_file.boundary import (
     read_entry,
     read_rest,
     unlink_quietly,
+    write_temporary,
 )
-from grove.caches.local_file.names import (
-    SUFFIX,
-    TEMPORARY_PREFIX,
-    EntryPath,
-    encode_components,
-    plain_entry,
-)
+from grove.caches.local_file.framing import MAGIC, MalformedFrameError, decode, encode, unexpired
+from grove.caches.local_file.names import SUFFIX, EntryPath, encode_components, plain_entry
 from grove.caches.local_file.tree import (
     STALE_TEMPORARY_SECONDS,
+    sweep_below,
     tidy_below,
     walk_chains,
     walk_entries,
@@ -112,17 +117,6 @@ _os_read = os.read
 _os_close = os.close
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
-
-_temporary_counter = itertools.count()
-_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _pid  # noqa: PLW0603 - per-process state, reset by fork.
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CorruptEntryError(Exception):
@@ -147,18 +141,35 @@ class Configuration(HandlerConfiguration):
     )
 
 
-class Handler(AtomicCache):
-    """A local file backed cache for pointers and other Grove data."""
+class Handler(ExpiringCache):
+    """A local file backed cache for pointers and other Grove data.
+
+    Expiry: an entry written with ``ttl`` is a frame of :mod:`.framing` holding the
+    moment it expires, in seconds since the epoch, by the writer's clock. The caller's
+    clock decides (``time.time`` unless a clock is given): each call compares that moment
+    with its own clock, so every process sharing the directory decides by its own. They
+    share one host (``flock`` does not reach across hosts), so their clocks agree; a
+    clock stepped by ``d`` seconds (or a container with its own clock offset) makes that
+    process see entries expire ``d`` seconds early or late, and entries it writes expire
+    ``d`` seconds early or late for the others. An expired file stays on disk, absent
+    for every call, until its key is written or deleted, or :meth:`sweep_expired`,
+    :meth:`tidy` or :meth:`setup` removes it.
+
+    :param config: The settings; when ``None``, read from the environment.
+    :param clock: The clock that decides expiry; ``time.time`` when ``None``.
+    """
 
     driver_errors = (OSError, CorruptEntryError)
+    clock_owner = "caller"
 
     _flock = staticmethod(fcntl.flock)
     """Takes and releases a directory's lock; the benchmark replaces it to measure it."""
 
-    def __init__(self, config: Configuration | None = None) -> None:
+    def __init__(self, config: Configuration | None = None, *, clock: Clock | None = None) -> None:
         """Build a handler on a directory; nothing is touched until the first call.
 
         :param config: The settings; when ``None``, read from the environment.
+        :param clock: The clock that decides expiry; ``time.time`` when ``None``.
         :raises ConfigurationException: The environment lacks the path or has an
             invalid setting.
         """
@@ -170,6 +181,7 @@ class Handler(AtomicCache):
         self._boundary = Boundary(self._root, self._fsync)
         self._openat2 = self._boundary.openat2
         self._moved = self._boundary.moved
+        self._clock = clock or time.time
 
     @override
     def location(self) -> str:
@@ -177,7 +189,7 @@ class Handler(AtomicCache):
 
     @override
     def setup(self) -> None:
-        """Create the cache directory if it is missing, check it, remove stale temporaries.
+        """Create the cache directory if it is missing, check it, and :meth:`tidy` it.
 
         The directory and its missing parents are created with mode 0700.
 
@@ -216,22 +228,26 @@ class Handler(AtomicCache):
         return f"{'found' if existed else 'created'} {self.location()}"
 
     def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
-        """Remove the temporary files of crashed writers, and directories left empty.
+        """Remove expired entries, temporary files of crashed writers, and empty directories.
 
-        :meth:`setup` calls this. It is safe while other handlers use the directory: only
-        temporary files and empty directories unchanged for ``older_than`` seconds go,
-        which is longer than any write takes, and a writer whose directory is removed
-        under it anyway starts again. Directories whose names start with ``.`` are not the
-        cache's and are left alone.
+        :meth:`setup` calls this. It is safe while other handlers use the directory: an
+        expired entry goes under its directory's lock, only if it has still expired (by
+        this handler's clock); only temporary files and empty directories unchanged for
+        ``older_than`` seconds go, which is longer than any write takes, and a writer
+        whose directory is removed under it anyway starts again. Directories whose names
+        start with ``.`` are not the cache's and are left alone.
 
         :param older_than: Remove temporary files and empty directories last changed this
             many seconds ago or more.
         :raises OSError: The directory cannot be read.
-        :return: How many temporary files were removed.
+        :return: How many files were removed: expired entries and temporary files.
         """
         root = self._boundary.open_root()
         try:
-            return tidy_below(root, time.time() - older_than)
+            swept = sweep_below(
+                root, self._root, sys.maxsize, self._clock, self._flock, self._fsync
+            )
+            return swept + tidy_below(root, time.time() - older_than)
         finally:
             os.close(root)
 
@@ -267,23 +283,46 @@ class Handler(AtomicCache):
             finally:
                 _os_close(descriptor)
         else:
-            entry = EntryPath(pk, sk)
-            directory = self._boundary.open_directory(entry, create=False)
-            if directory is None:
-                return self._absent()
-            try:
-                found = read_entry(entry.file, directory, entry.path(self._root))
-            finally:
-                os.close(directory)
+            found = self._read_slowly(pk, sk)
             if found is None:
                 return self._absent()
             data = found
+        if data.startswith(MAGIC):
+            live = self._unframe(data, pk, sk)
+            if live is None:
+                return ABSENT
+            data = live
         try:
             return data.decode()  # UTF-8
         except UnicodeDecodeError:
-            raise CorruptEntryError(
-                f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
-            ) from None
+            raise _corrupt(pk, sk, "is not valid UTF-8") from None
+
+    def _read_slowly(self, pk: str, sk: str) -> bytes | None:
+        """Read an entry file one directory at a time; ``None`` when it is absent."""
+        entry = EntryPath(pk, sk)
+        directory = self._boundary.open_directory(entry, create=False)
+        if directory is None:
+            return None
+        try:
+            return read_entry(entry.file, directory, entry.path(self._root))
+        finally:
+            os.close(directory)
+
+    def _unframe(self, data: bytes, pk: str, sk: str) -> bytes | None:
+        """Return the value of a frame, or ``None`` when it has expired."""
+        try:
+            return unexpired(data, self._clock())
+        except MalformedFrameError as exc:
+            raise _corrupt(pk, sk, f"is {exc}") from None
+
+    def _live(self, data: bytes | None) -> bytes | None:
+        """The value of an entry file for a condition: ``None`` when absent or expired."""
+        if data is None or not data.startswith(MAGIC):
+            return data
+        try:
+            return unexpired(data, self._clock())
+        except MalformedFrameError:
+            return _UNREADABLE
 
     def _absent(self) -> Stored:
         """Return :data:`ABSENT`, unless the cache directory itself is gone."""
@@ -298,8 +337,16 @@ class Handler(AtomicCache):
         the rename. A conditional one takes the lock, reads and compares, and only then
         writes, so a refused call writes nothing.
         """
-        entry = EntryPath(pk, sk)
-        data = value.encode("utf-8")
+        return self._store(EntryPath(pk, sk), encode(value.encode("utf-8"), None), expected)
+
+    @override
+    def _write_expiring(self, pk: str, sk: str, value: str, expected: Expected, ttl: float) -> bool:
+        """Atomic as :meth:`_write`: value and expiry are one file, renamed once."""
+        data = encode(value.encode("utf-8"), self._clock() + ttl)
+        return self._store(EntryPath(pk, sk), data, expected)
+
+    def _store(self, entry: EntryPath, data: bytes, expected: Expected) -> bool:
+        """Write an entry file's content, starting again if its directory is removed."""
         for _ in range(ATTEMPTS):
             written = self._write_once(entry, data, expected)
             if written is not None:
@@ -316,14 +363,14 @@ class Handler(AtomicCache):
         made: list[str] = []  # temporary files to remove unless renamed
         try:
             if expected is ANY:
-                temporary = self._write_temporary(directory, data, made)
+                temporary = write_temporary(directory, data, made, self._fsync)
             self._flock(directory, _LOCK_EX)
             try:
                 if expected is not ANY:
-                    current = read_entry(entry.file, directory, entry.path(self._root))
+                    current = self._live(read_entry(entry.file, directory, entry.path(self._root)))
                     if not _matches(current, expected):
                         return None if current is None and self._moved(entry, directory) else False
-                    temporary = self._write_temporary(directory, data, made)
+                    temporary = write_temporary(directory, data, made, self._fsync)
                 try:
                     os.rename(temporary, entry.file, src_dir_fd=directory, dst_dir_fd=directory)
                 except FileNotFoundError:
@@ -364,7 +411,7 @@ class Handler(AtomicCache):
             self._flock(directory, _LOCK_EX)
             try:
                 if expected is not ANY:
-                    current = read_entry(entry.file, directory, entry.path(self._root))
+                    current = self._live(read_entry(entry.file, directory, entry.path(self._root)))
                     if not _matches(current, expected):
                         return None if current is None and self._moved(entry, directory) else False
                 try:
@@ -397,62 +444,77 @@ class Handler(AtomicCache):
                 if partition is None:
                     return
                 try:
-                    yield from _scan_partition(partition, pk, "/".join([self._root, *names]))
+                    path = "/".join([self._root, *names])
+                    yield from self._scan_partition(partition, pk, path)
                 finally:
                     os.close(partition)
                 return
             for key, partition, path in walk_chains(root, [], self._root):
                 try:
                     if prefix is None or key.startswith(prefix):
-                        yield from _scan_partition(partition, key, path)
+                        yield from self._scan_partition(partition, key, path)
                 finally:
                     os.close(partition)
         finally:
             os.close(root)
 
-    # -- helpers ---------------------------------------------------------------------
-
-    def _write_temporary(self, directory: int, data: bytes, made: list[str]) -> str:
-        """Write data to a new temporary file in a directory; return its name.
-
-        The name is unique to this process and call; ``O_EXCL`` makes sure that a name
-        left by another process (after a PID was reused) is never written over. The name
-        goes into ``made`` before the file is created, so that the caller removes it
-        whatever happens next.
-        """
-        while True:
-            temporary = f"{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
-            made.append(temporary)
+    def _scan_partition(self, partition: int, pk: str, path: str) -> Iterator[CacheEntry]:
+        """Yield a partition's live entries, decoded; expired ones are skipped."""
+        for sk, directory, name, file_path in walk_entries(partition, [], path):
+            data = read_entry(name, directory, file_path)
+            if data is None:
+                continue
+            if data.startswith(MAGIC):
+                live = self._unframe(data, pk, sk)
+                if live is None:
+                    continue
+                data = live
             try:
-                descriptor = os.open(temporary, O_TEMPORARY, FILE_MODE, dir_fd=directory)
-                break
-            except FileExistsError:
-                made.remove(temporary)
-        try:
-            written = os.write(descriptor, data)
-            if written < len(data):
-                view = memoryview(data)
-                while written < len(data):
-                    written += os.write(descriptor, view[written:])
-            if self._fsync:
-                os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        return temporary
+                value = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _corrupt(pk, sk, "is not valid UTF-8") from None
+            yield CacheEntry(pk, sk, value)
 
+    # -- expiry ----------------------------------------------------------------------
 
-def _scan_partition(partition: int, pk: str, path: str) -> Iterator[CacheEntry]:
-    for sk, directory, name, file_path in walk_entries(partition, [], path):
-        data = read_entry(name, directory, file_path)
+    @override
+    def _read_expiry(self, pk: str, sk: str) -> float | Literal[Sentinel.ABSENT] | None:
+        """Atomic: one ``open`` of the entry file, which holds value and expiry together."""
+        data = self._read_slowly(pk, sk)
         if data is None:
-            continue
+            self._absent()
+            return ABSENT
         try:
-            value = data.decode("utf-8")
+            value, expires_at = decode(data)
+            value.decode("utf-8")
+        except MalformedFrameError as exc:
+            raise _corrupt(pk, sk, f"is {exc}") from None
         except UnicodeDecodeError:
-            raise CorruptEntryError(
-                f"the file of {_describe_key(pk, sk)} is not valid UTF-8"
-            ) from None
-        yield CacheEntry(pk, sk, value)
+            raise _corrupt(pk, sk, "is not valid UTF-8") from None
+        if expires_at is not None and expires_at <= self._clock():
+            return ABSENT
+        return expires_at
+
+    @override
+    def _sweep_expired(self, limit: int) -> int:
+        """Atomic per entry: an expired file is unlinked under its directory's lock.
+
+        See :func:`~grove.caches.local_file.tree.sweep_below`; each batch walks from the
+        start and stops after ``limit`` removals.
+        """
+        root = self._boundary.open_root()
+        try:
+            return sweep_below(root, self._root, limit, self._clock, self._flock, self._fsync)
+        finally:
+            os.close(root)
+
+
+def _corrupt(pk: str, sk: str, what: str) -> CorruptEntryError:
+    return CorruptEntryError(f"the file of {_describe_key(pk, sk)} {what}")
+
+
+_UNREADABLE = b"\xff"
+"""What a condition sees in a malformed frame: not UTF-8, so it equals no value."""
 
 
 def _matches(current: bytes | None, expected: Expected) -> bool:

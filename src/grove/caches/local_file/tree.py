@@ -10,19 +10,24 @@ Invariants
       deadline: a writer making a chain of directories for a long key changes each one as
       it goes, so the chain is never removed under it (and a writer whose directory is
       removed anyway starts again).
+    - Sweeping removes an expired entry file only under the lock of its directory, after
+      reading it again there: a file written meanwhile (a new value, or no expiry) is
+      kept, as a conditional call would see it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
-from grove.caches.local_file.boundary import O_DIRECTORY, named, symlink_error
+from grove.caches.local_file.boundary import O_DIRECTORY, O_READ, named, symlink_error
+from grove.caches.local_file.framing import HEAD_BYTES, MalformedFrameError, expiry_of
 from grove.caches.local_file.names import MORE, SUFFIX, TEMPORARY_PREFIX, decode_components
 
-__all__ = ["STALE_TEMPORARY_SECONDS", "tidy_below", "walk_chains", "walk_entries"]
+__all__ = ["STALE_TEMPORARY_SECONDS", "sweep_below", "tidy_below", "walk_chains", "walk_entries"]
 
 STALE_TEMPORARY_SECONDS: Final = 600.0
 """Age after which tidying removes a temporary file as a crashed writer's.
@@ -170,3 +175,66 @@ def walk_entries(
             yield from walk_entries(opened, [*pieces, name], f"{path}/{name}")
         finally:
             os.close(opened)
+
+
+def sweep_below(
+    root: int,
+    path: str,
+    limit: int,
+    clock: Callable[[], float],
+    flock: Callable[[int, int], None],
+    fsync: bool,
+) -> int:
+    """Remove up to ``limit`` expired entry files below the cache directory.
+
+    The walk reads the first bytes of each entry file without a lock; a file that has
+    expired is read again under the lock of its directory (``flock`` on the walk's own
+    descriptor, which excludes the calls as they exclude each other), and unlinked only
+    if it still has. A directory removed meanwhile takes its files with it.
+
+    :param root: A descriptor of the cache directory.
+    :param path: Its path, for messages.
+    :param limit: The most files to remove.
+    :param clock: The clock that decides expiry.
+    :param flock: Takes and releases a directory's lock (``fcntl.flock``).
+    :param fsync: Sync each directory after removing a file from it.
+    :return: How many files were removed.
+    """
+    removed = 0
+    for _, partition, partition_path in walk_chains(root, [], path):
+        try:
+            for _, directory, name, _ in walk_entries(partition, [], partition_path):
+                if removed >= limit:
+                    return removed
+                if not _expired(name, directory, clock):
+                    continue
+                flock(directory, fcntl.LOCK_EX)
+                try:
+                    if not _expired(name, directory, clock):
+                        continue
+                    os.unlink(name, dir_fd=directory)
+                except FileNotFoundError:
+                    continue
+                finally:
+                    flock(directory, fcntl.LOCK_UN)
+                removed += 1
+                if fsync:
+                    os.fsync(directory)
+        finally:
+            os.close(partition)
+    return removed
+
+
+def _expired(name: str, directory: int, clock: Callable[[], float]) -> bool:
+    """Tell from its first bytes whether an entry file has expired."""
+    try:
+        descriptor = os.open(name, O_READ, dir_fd=directory)
+    except OSError:
+        return False  # gone meanwhile, or not the cache's: the calls say what is wrong
+    try:
+        expires_at = expiry_of(os.read(descriptor, HEAD_BYTES))
+    except (OSError, MalformedFrameError):
+        return False
+    finally:
+        os.close(descriptor)
+    return expires_at is not None and expires_at <= clock()
