@@ -46,7 +46,7 @@ __all__ = [
     "decode",
     "encode",
     "expiry_of",
-    "unexpired",
+    "split_frame",
 ]
 
 MAGIC: Final = b"\x00grove.caches expiring entry v1\n"
@@ -57,6 +57,9 @@ NEVER: Final = b"never"
 
 _HEADER_MAX = 40
 """The most bytes an expiry takes in a header: ``repr`` of a float is at most 24."""
+
+_MAGIC_BYTES = len(MAGIC)
+_isfinite = math.isfinite
 
 HEAD_BYTES: Final = len(MAGIC) + _HEADER_MAX + 1
 """Enough of a file's first bytes for :func:`expiry_of`."""
@@ -81,19 +84,25 @@ def encode(value: bytes, expires_at: float | None) -> bytes:
     return b"".join((MAGIC, repr(float(expires_at)).encode("ascii"), b"\n", value))
 
 
-def _header_end(data: bytes) -> tuple[int, float | None]:
-    """Parse a frame's header; return where its value starts and its expiry."""
-    end = data.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_MAX + 1)
+def split_frame(data: bytes) -> tuple[int, float | None]:
+    """Parse the header of a frame.
+
+    :param data: A file that starts with :data:`MAGIC` (the caller checked), or at least
+        its first :data:`HEAD_BYTES` bytes.
+    :raises MalformedFrameError: The header does not parse.
+    :return: Where the value starts, and when it expires (``None``: never).
+    """
+    end = data.find(b"\n", _MAGIC_BYTES, _MAGIC_BYTES + _HEADER_MAX + 1)
     if end < 0:
         raise MalformedFrameError("a frame without the end of its header")
-    header = data[len(MAGIC) : end]
-    if header == NEVER:
-        return end + 1, None
+    header = data[_MAGIC_BYTES:end]
     try:
-        moment = float(header.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+        moment = float(header)  # the read path: bytes parse as ASCII, with no decode
+    except ValueError:
+        if header == NEVER:
+            return end + 1, None
         raise MalformedFrameError("a frame with an unreadable expiry") from None
-    if not math.isfinite(moment):
+    if not _isfinite(moment):
         raise MalformedFrameError("a frame with an unreadable expiry")
     return end + 1, moment
 
@@ -107,7 +116,7 @@ def decode(data: bytes) -> tuple[bytes, float | None]:
     """
     if not data.startswith(MAGIC):
         return data, None
-    start, moment = _header_end(data)
+    start, moment = split_frame(data)
     return data[start:], moment
 
 
@@ -120,16 +129,4 @@ def expiry_of(head: bytes) -> float | None:
     """
     if not head.startswith(MAGIC):
         return None
-    return _header_end(head)[1]
-
-
-def unexpired(data: bytes, now: float) -> bytes | None:
-    """Return the value of an entry file that has not expired.
-
-    :param data: The whole file.
-    :param now: The time by the caller's clock, in seconds since the epoch.
-    :raises MalformedFrameError: It starts with :data:`MAGIC` but is no frame.
-    :return: The value's bytes, or ``None`` when it expired at or before ``now``.
-    """
-    value, expires_at = decode(data)
-    return None if expires_at is not None and expires_at <= now else value
+    return split_frame(head)[1]

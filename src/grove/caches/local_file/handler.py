@@ -99,7 +99,7 @@ from grove.caches.local_file.boundary import (
     unlink_quietly,
     write_temporary,
 )
-from grove.caches.local_file.framing import MAGIC, MalformedFrameError, decode, encode, unexpired
+from grove.caches.local_file.framing import MAGIC, MalformedFrameError, decode, encode, split_frame
 from grove.caches.local_file.names import SUFFIX, EntryPath, encode_components, plain_entry
 from grove.caches.local_file.tree import (
     STALE_TEMPORARY_SECONDS,
@@ -287,11 +287,14 @@ class Handler(ExpiringCache):
             if found is None:
                 return self._absent()
             data = found
-        if data.startswith(MAGIC):
-            live = self._unframe(data, pk, sk)
-            if live is None:
+        if data.startswith(MAGIC):  # a frame: inlined, as the rest of this path
+            try:
+                start, expires_at = split_frame(data)
+            except MalformedFrameError as exc:
+                raise _corrupt(pk, sk, f"is {exc}") from None
+            if expires_at is not None and expires_at <= self._clock():
                 return ABSENT
-            data = live
+            data = data[start:]
         try:
             return data.decode()  # UTF-8
         except UnicodeDecodeError:
@@ -311,18 +314,24 @@ class Handler(ExpiringCache):
     def _unframe(self, data: bytes, pk: str, sk: str) -> bytes | None:
         """Return the value of a frame, or ``None`` when it has expired."""
         try:
-            return unexpired(data, self._clock())
+            start, expires_at = split_frame(data)
         except MalformedFrameError as exc:
             raise _corrupt(pk, sk, f"is {exc}") from None
+        if expires_at is not None and expires_at <= self._clock():
+            return None
+        return data[start:]
 
     def _live(self, data: bytes | None) -> bytes | None:
         """The value of an entry file for a condition: ``None`` when absent or expired."""
         if data is None or not data.startswith(MAGIC):
             return data
         try:
-            return unexpired(data, self._clock())
+            start, expires_at = split_frame(data)
         except MalformedFrameError:
             return _UNREADABLE
+        if expires_at is not None and expires_at <= self._clock():
+            return None
+        return data[start:]
 
     def _absent(self) -> Stored:
         """Return :data:`ABSENT`, unless the cache directory itself is gone."""
