@@ -9,15 +9,20 @@ invariants it keeps:
   (:func:`escape`, :func:`encode_components`, :class:`EntryPath`);
 - :mod:`~grove.caches.local_file.boundary`: opening directories and files below the
   cache directory without ever following a symlink out of it;
+- :mod:`~grove.caches.local_file.files`: reading and writing entry files relative to
+  their directory, temporary files included;
+- :mod:`~grove.caches.local_file.framing`: how an entry file holds an expiry beside its
+  value, without a value ever being taken for metadata;
 - :mod:`~grove.caches.local_file.tree`: walking the directories for listing, and tidying
   what crashed writers left;
+- :mod:`~grove.caches.local_file.settings`: its :class:`Configuration`;
 - :mod:`~grove.caches.local_file.handler`: the :class:`Handler` itself, its locking,
   atomicity and durability.
 """
 
 from __future__ import annotations
 
-from grove.caches.local_file.handler import Configuration, CorruptEntryError, Handler
+from grove.caches.local_file.handler import Handler
 from grove.caches.local_file.names import (
     NAME_MAX,
     SUFFIX,
@@ -27,6 +32,7 @@ from grove.caches.local_file.names import (
     escape,
     unescape,
 )
+from grove.caches.local_file.settings import Configuration, CorruptEntryError
 from grove.caches.local_file.tree import STALE_TEMPORARY_SECONDS
 
 # Named from the package, where users import them: messages that name a handler by its

@@ -8,7 +8,8 @@ Invariants
       ``RESOLVE_NO_SYMLINKS``, in one system call; elsewhere the directories are opened
       one by one with ``O_NOFOLLOW | O_DIRECTORY`` and entry files with ``O_NOFOLLOW``.
     - Every creation, rename and unlink is made relative to a descriptor of the entry's
-      directory, never through a path that the kernel would resolve again.
+      directory, never through a path that the kernel would resolve again
+      (:mod:`~grove.caches.local_file.files` reads and writes entry files that way).
     - A symlink, or a file that is not a directory, met where the cache keeps its own
       directory or reads its own file, is an ``OSError`` naming that path (the handler
       turns it into an :class:`~grove.exceptions.AccessException`).
@@ -22,18 +23,16 @@ Invariants
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import functools
-import itertools
 import os
 import stat
 import sys
 from collections.abc import Callable
 from typing import Final
 
-from grove.caches.local_file.names import TEMPORARY_PREFIX, EntryPath
+from grove.caches.local_file.names import EntryPath
 
 __all__ = [
     "ATTEMPTS",
@@ -54,13 +53,8 @@ __all__ = [
     "missing_root",
     "named",
     "openat2",
-    "read_descriptor",
-    "read_entry",
-    "read_rest",
     "symlink_error",
     "sync_directory",
-    "unlink_quietly",
-    "write_temporary",
 ]
 
 ATTEMPTS: Final = 64
@@ -77,10 +71,6 @@ _O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the configured path is 
 DIRECTORY_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 FS_ENCODING: Final = sys.getfilesystemencoding()
-
-# Bound once: the read path is short enough that attribute lookups show in its cost.
-_os_read = os.read
-_os_close = os.close
 
 
 class _OpenHow(ctypes.Structure):
@@ -233,121 +223,6 @@ def sync_directory(path: str) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def read_rest(descriptor: int, first: bytes, path: str) -> bytes:
-    """Read what follows a first read that filled its buffer, or check an empty one.
-
-    Only a regular file ends: a device planted as an entry file could be read forever, and
-    a FIFO reads as empty.
-
-    :param descriptor: The open entry file.
-    :param first: What the first read returned.
-    :param path: The file's path, for messages.
-    :raises OSError: It is not a regular file.
-    :return: The whole content.
-    """
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        raise OSError(errno.EINVAL, "not a regular file, where the cache keeps an entry", path)
-    chunks = [first]
-    while chunk := os.read(descriptor, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def read_descriptor(descriptor: int, path: str) -> bytes:
-    """Read a whole entry file from its descriptor, and close it.
-
-    An entry file is never changed once it has its name (writes replace it), and a regular
-    file returns fewer bytes than asked for only at its end, so a short first read is all.
-
-    :param descriptor: The open entry file.
-    :param path: The file's path, for messages.
-    :return: The whole content.
-    """
-    try:
-        data = _os_read(descriptor, READ_CHUNK)
-        if len(data) == READ_CHUNK or not data:
-            data = read_rest(descriptor, data, path)
-    except OSError as exc:
-        raise named(exc, path) from None
-    finally:
-        _os_close(descriptor)
-    return data
-
-
-def read_entry(name: str, directory: int, path: str) -> bytes | None:
-    """Read an entry file relative to its directory, or return ``None`` if it is absent.
-
-    :param name: The file's name.
-    :param directory: A descriptor of its directory.
-    :param path: The file's path, for messages.
-    :return: The whole content, or ``None``.
-    """
-    try:
-        descriptor = os.open(name, O_READ, dir_fd=directory)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise named(exc, path) from None
-    return read_descriptor(descriptor, path)
-
-
-def unlink_quietly(name: str, dir_fd: int | None) -> None:
-    """Remove a file if it can be removed, ignoring any failure.
-
-    :param name: The file's name.
-    :param dir_fd: A descriptor of its directory.
-    """
-    with contextlib.suppress(OSError):
-        os.unlink(name, dir_fd=dir_fd)
-
-
-_temporary_counter = itertools.count()
-_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _pid  # noqa: PLW0603 - per-process state, reset by fork.
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def write_temporary(directory: int, data: bytes, made: list[str], fsync: bool) -> str:
-    """Write data to a new temporary file in a directory; return its name.
-
-    The name is unique to this process and call; ``O_EXCL`` makes sure that a name
-    left by another process (after a PID was reused) is never written over. The name
-    goes into ``made`` before the file is created, so that the caller removes it
-    whatever happens next.
-
-    :param directory: A descriptor of the entry's directory.
-    :param data: The file's content.
-    :param made: Names of the call's temporary files, to remove unless renamed.
-    :param fsync: Sync the file before returning.
-    :return: The file's name.
-    """
-    while True:
-        temporary = f"{TEMPORARY_PREFIX}{_pid}.{next(_temporary_counter)}"
-        made.append(temporary)
-        try:
-            descriptor = os.open(temporary, O_TEMPORARY, FILE_MODE, dir_fd=directory)
-            break
-        except FileExistsError:
-            made.remove(temporary)
-    try:
-        written = os.write(descriptor, data)
-        if written < len(data):
-            view = memoryview(data)
-            while written < len(data):
-                written += os.write(descriptor, view[written:])
-        if fsync:
-            os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return temporary
 
 
 class Boundary:

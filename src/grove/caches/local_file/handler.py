@@ -65,8 +65,6 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from typing_extensions import override
 
 from grove.caches import CacheEntry
@@ -81,7 +79,6 @@ from grove.caches.atomic import (
     Stored,
 )
 from grove.caches.atomic import describe_key as _describe_key
-from grove.caches.configuration import ExpandedPath, HandlerConfiguration
 from grove.caches.local_file.boundary import (
     AT_CWD,
     ATTEMPTS,
@@ -94,13 +91,11 @@ from grove.caches.local_file.boundary import (
     diagnose,
     make_directories,
     named,
-    read_entry,
-    read_rest,
-    unlink_quietly,
-    write_temporary,
 )
+from grove.caches.local_file.files import read_entry, read_rest, unlink_quietly, write_temporary
 from grove.caches.local_file.framing import MAGIC, MalformedFrameError, decode, encode, split_frame
 from grove.caches.local_file.names import SUFFIX, EntryPath, encode_components, plain_entry
+from grove.caches.local_file.settings import Configuration, CorruptEntryError
 from grove.caches.local_file.tree import (
     STALE_TEMPORARY_SECONDS,
     sweep_below,
@@ -110,35 +105,13 @@ from grove.caches.local_file.tree import (
 )
 from grove.exceptions import AccessException
 
-__all__ = ["Configuration", "CorruptEntryError", "Handler"]
+__all__ = ["Handler"]
 
 # Bound once: the read path is short enough that attribute lookups show in its cost.
 _os_read = os.read
 _os_close = os.close
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
-
-
-class CorruptEntryError(Exception):
-    """An entry file holds bytes that are not UTF-8; the message names the key, not them."""
-
-
-class Configuration(HandlerConfiguration):
-    """Defines environment variables used to configure the local file cache handler.
-
-    As an example the field ``path`` is set using the environment variable
-    ``GROVE_CACHE_LOCAL_FILE_PATH``.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_FILE_")
-
-    path: ExpandedPath = Field(
-        min_length=1, description="The directory holding the cache; it must exist."
-    )
-    fsync: bool = Field(
-        default=True,
-        description="Sync each written file and its directory to disk before returning.",
-    )
 
 
 class Handler(ExpiringCache):
