@@ -20,7 +20,6 @@ import json
 import os
 import random
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
@@ -30,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
-from benchmarks.moto_server import UNSET, MotoServer, fake_credentials
-from benchmarks.suite import Suite
+from benchmarks.expiry import WithTtl
+from benchmarks.suite import Suite, threaded_rate
 from grove.caches.aws_dynamodb import Configuration, Handler
-from grove.caches.benchmark import KeyValue, Workload
+from grove.caches.benchmark import Workload
 from grove.exceptions import DataFormatException, NotFoundException
+from tests.moto_process import UNSET, MotoServer, fake_credentials
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -84,25 +84,6 @@ class RawClient:
         self.client.delete_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": sk}})
 
 
-class WithTtl:
-    """The handler, with every ``set`` given a time to live of an hour."""
-
-    def __init__(self, handler: Handler, ttl: float = 3600.0) -> None:
-        self.handler = handler
-        self.ttl = ttl
-
-    def get(self, pk: str, sk: str) -> str:
-        return self.handler.get(pk, sk)
-
-    def set(
-        self, pk: str, sk: str, value: str, not_set: bool = False, constraint: str | None = None
-    ) -> None:
-        self.handler.set(pk, sk, value, not_set, constraint, ttl=self.ttl)
-
-    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
-        self.handler.delete(pk, sk, constraint)
-
-
 def _handler(url: str, table: str) -> Handler:
     handler = Handler(Configuration(url=url, table=table))
     handler.setup()
@@ -149,31 +130,6 @@ def requests_per_call(url: str) -> str:
     return "\n".join(lines)
 
 
-def _threaded_rate(store: KeyValue, threads: int, calls: int, operation: str) -> float:
-    """Calls per second of ``threads`` threads sharing ``store``, ``calls`` each."""
-    keys = [(f"threads.{index % 50}", f"sk{index}") for index in range(threads)]
-    for pk, sk in keys:
-        store.set(pk, sk, "v" * 64)
-    barrier = threading.Barrier(threads + 1)
-
-    def work(pk: str, sk: str) -> None:
-        barrier.wait()
-        for _ in range(calls):
-            if operation == "get":
-                store.get(pk, sk)
-            else:
-                store.set(pk, sk, "w" * 64)
-
-    workers = [threading.Thread(target=work, args=key) for key in keys]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    return threads * calls / (time.perf_counter() - started)
-
-
 def thread_throughput(url: str, calls: int = 200) -> str:
     """Measure 1, 8 and 50 threads sharing one handler, beside one shared raw client.
 
@@ -189,8 +145,8 @@ def thread_throughput(url: str, calls: int = 200) -> str:
     for threads in THREADS:
         for operation in ("get", "overwrite"):
             per_thread = max(20, calls // threads * 4) if threads > 1 else calls
-            mine = _threaded_rate(handler, threads, per_thread, operation)
-            floor = _threaded_rate(raw, threads, per_thread, operation)
+            mine, _ = threaded_rate(handler, threads, per_thread, operation)
+            floor, _ = threaded_rate(raw, threads, per_thread, operation)
             lines.append(
                 f"    {threads:>2} thread{'s' if threads > 1 else ' '} {operation:<10}"
                 f"{mine:>10,.0f}{floor:>10,.0f}{mine / floor:>8.2f}"
@@ -278,7 +234,9 @@ def suites(keys: int) -> Iterator[Suite]:
                 floor=lambda: RawClient(url, _fresh_table(url)),
                 workload=Workload(keys=keys, calls=300, repeats=3),
                 targets={"get hit": 0.8, "overwrite": 0.8, "compare-and-set": 0.8},
-                extra_floors={"with ttl": lambda: WithTtl(_handler(url, _fresh_table(url)))},
+                extra_floors={
+                    "with ttl": lambda: WithTtl(_handler(url, _fresh_table(url)), ttl=3600.0)
+                },
                 report=lambda: "\n".join(
                     [requests_per_call(url), thread_throughput(url), large_values(url)]
                 ),

@@ -7,7 +7,8 @@ pool of the same size, with no checks: ``GET``, ``SET``, ``SET NX``, ``DEL``, an
 handler's own compare-and-set script through ``register_script`` (``EVALSHA``), on the
 same key names. After the table it prints the commands each call sends (counted on the
 handler's connections), the throughput of 1, 8 and 50 threads sharing one handler (and
-one raw client) with the errors they met, and the speed of 1 and 4 MiB values.
+one raw client) with the errors they met, the speed of 1 and 4 MiB values, and the price
+of expiry (:mod:`benchmarks.expiry`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import base64
 import contextlib
 import os
 import random
-import threading
 import time
 import uuid
 import weakref
@@ -28,8 +28,9 @@ import pydantic
 import redis
 from redis.connection import Connection
 
-from benchmarks.suite import Suite
-from grove.caches.benchmark import OPERATIONS, KeyValue, Workload
+from benchmarks.expiry import expiry_report
+from benchmarks.suite import Suite, threaded_rate
+from grove.caches.benchmark import OPERATIONS, Workload
 from grove.caches.redis import _SET_IF_EQUAL, Configuration, Handler, entry_key
 from grove.exceptions import DataFormatException, NotFoundException
 
@@ -164,35 +165,6 @@ def round_trips(url: str) -> str:
     return "\n".join(lines)
 
 
-def _threaded_rate(store: KeyValue, threads: int, calls: int, operation: str) -> tuple[float, int]:
-    """Calls per second of ``threads`` threads sharing ``store``, and the errors met."""
-    keys = [(f"threads.{index % 50}", f"sk{index}") for index in range(threads)]
-    for pk, sk in keys:
-        store.set(pk, sk, "v" * 64)
-    barrier = threading.Barrier(threads + 1)
-    errors = Counter[str]()
-
-    def work(pk: str, sk: str) -> None:
-        barrier.wait()
-        for _ in range(calls):
-            try:
-                if operation == "get":
-                    store.get(pk, sk)
-                else:
-                    store.set(pk, sk, "w" * 64)
-            except Exception as exc:
-                errors[type(exc).__name__] += 1
-
-    workers = [threading.Thread(target=work, args=key) for key in keys]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    return threads * calls / (time.perf_counter() - started), sum(errors.values())
-
-
 def thread_throughput(url: str, calls: int = 2000) -> str:
     """Measure 1, 8 and 50 threads sharing one handler, beside one shared raw client.
 
@@ -208,8 +180,8 @@ def thread_throughput(url: str, calls: int = 2000) -> str:
     for threads in THREADS:
         for operation in ("get", "overwrite"):
             per_thread = max(40, calls // threads)
-            mine, errors = _threaded_rate(handler, threads, per_thread, operation)
-            floor, _ = _threaded_rate(raw, threads, per_thread, operation)
+            mine, errors = threaded_rate(handler, threads, per_thread, operation)
+            floor, _ = threaded_rate(raw, threads, per_thread, operation)
             lines.append(
                 f"    {threads:>2} thread{'s' if threads > 1 else ' '} {operation:<10}"
                 f"{mine:>10,.0f}{floor:>10,.0f}{mine / floor:>8.2f}{errors:>6}"
@@ -263,11 +235,19 @@ def suites(keys: int) -> Iterator[Suite]:
     :return: One suite.
     """
     url = _url()
+    workload = Workload(keys=keys, calls=5000, repeats=3)
     yield Suite(
         title=f"redis at {url} (loopback), {keys:,} keys",
         subject=lambda: ScratchHandler(url),
         floor=lambda: RawRedis(url),
-        workload=Workload(keys=keys, calls=5000, repeats=3),
+        workload=workload,
         targets=dict.fromkeys(OPERATIONS, 0.8),
-        report=lambda: "\n".join([round_trips(url), thread_throughput(url), large_values(url)]),
+        report=lambda: "\n".join(
+            [
+                round_trips(url),
+                thread_throughput(url),
+                large_values(url),
+                expiry_report(lambda: ScratchHandler(url), workload, "redis"),
+            ]
+        ),
     )

@@ -5,28 +5,51 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from grove.caches.validation import (
+    KNOWN_KEYS,
     MAX_KEY_BYTES,
     check_key,
+    check_one_key,
     check_value,
-    entry_is_plain,
+    checked_key,
     key_is_plain,
 )
 
 
-@given(st.text(max_size=400), st.text(max_size=400), st.text(max_size=50))
-def test_shortcuts_never_accept_what_the_full_check_refuses(pk: str, sk: str, value: str) -> None:
-    def full_check_accepts() -> bool:
-        try:
-            check_key(pk, sk)
-            check_value(value, max_bytes=20)
-        except ValueError:
-            return False
-        return True
+def _accepted(key: str) -> bool:
+    try:
+        check_one_key(key, what="key")
+    except ValueError:
+        return False
+    return True
 
-    if entry_is_plain(pk, sk, value, 20):
-        assert full_check_accepts()
+
+@given(st.text(max_size=400), st.text(max_size=400))
+def test_shortcuts_never_accept_what_the_full_check_refuses(pk: str, sk: str) -> None:
+    valid = _accepted(pk) and _accepted(sk)
     if key_is_plain(pk, sk):
-        check_key(pk, sk)
+        assert valid
+    if valid:
+        assert checked_key(pk, sk) == (pk, sk)
+        assert pk in KNOWN_KEYS
+        assert sk in KNOWN_KEYS
+    else:
+        with pytest.raises(ValueError):
+            checked_key(pk, sk)
+    # A key known to the hot path is one the full check accepts.
+    for key in (pk, sk):
+        assert key not in KNOWN_KEYS or _accepted(key)
+
+
+def test_known_keys_are_exact_strings_and_bounded() -> None:
+    class Lying(str):
+        __slots__ = ()
+
+    exact_pk, _ = checked_key(Lying("pointer.x"), "op")
+    assert type(exact_pk) is str
+    assert all(type(key) is str for key in KNOWN_KEYS)
+    for index in range(5000):
+        checked_key(f"pk{index}", "sk")
+    assert len(KNOWN_KEYS) <= 4096
 
 
 def test_limit_is_in_bytes_not_characters() -> None:

@@ -124,31 +124,6 @@ def key_is_plain(pk: object, sk: object) -> bool:
     )
 
 
-def entry_is_plain(pk: object, sk: object, value: object, max_bytes: int | None) -> bool:
-    """Tell whether both keys and a value pass the rules without a closer look.
-
-    The hot-path test of a write: :func:`key_is_plain` keys and an ASCII value within
-    ``max_bytes``. Anything else goes through :func:`check_key` and :func:`check_value`.
-
-    :param pk: The partition key.
-    :param sk: The sort key.
-    :param value: The value.
-    :param max_bytes: The handler's value limit in bytes, or ``None``.
-    :return: ``True`` when the keys and the value are certainly valid.
-    """
-    return (
-        type(pk) is str
-        and type(sk) is str
-        and type(value) is str
-        and 0 < len(pk) <= _SHORT_KEY_CHARS
-        and 0 < len(sk) <= _SHORT_KEY_CHARS
-        and pk.isascii()
-        and sk.isascii()
-        and value.isascii()
-        and (max_bytes is None or len(value) <= max_bytes)
-    )
-
-
 def check_value(value: object, *, max_bytes: int | None, what: str = "value") -> None:
     """Check a value (or a constraint) against the value rules.
 
