@@ -31,26 +31,11 @@ condition included.
 A failed condition (``ConditionalCheckFailedException``) changes nothing and becomes
 :class:`~grove.exceptions.DataFormatException`; nothing is read before it is written.
 
-Large values (up to :data:`MAX_VALUE_BYTES`): the item of the key is a *head*. A value
-that zlib compresses into one item is stored whole in the head, as binary ``packed``
-beside the SHA-256 ``digest`` of the value: one request, as for a small value. A larger
-one is split: its compressed bytes go into immutable *chunk* items written first under a
-fresh version id (hash key ``grove.caches.chunk.<version>``, range keys ``0000``,
-``0001``...), then one conditional ``UpdateItem`` switches the head to that version
-(``version``, ``parts``, ``digest``); that single request is the write, so it is atomic
-and carries the ``not_set``/``constraint`` condition like a small write. A ``constraint``
-over :data:`INLINE_VALUE_BYTES` is compared with the head's ``digest``, so
-compare-and-set works on the logical value whatever its stored form. The replaced
-version's chunks are deleted afterwards, learnt from the same request
-(``ReturnValues=ALL_OLD``). A reader reads the head (consistently), then that version's
-chunks (``BatchGetItem``, consistently); if a chunk vanished, the value was replaced
-under it and it starts again from the head, so it never returns a mix of two versions.
-The reassembled value is checked against the digest. A writer that dies after writing
-chunks but before switching the head leaves them unreferenced: never read, and removed by
-:meth:`Handler.maintain`, the maintenance call, once older than an hour (a writer
-gives up switching a head more than :data:`WRITE_DEADLINE` seconds after it started
-writing chunks, so a sweep never removes the chunks of a write in flight). One that dies
-after the switch leaves the old version's chunks, removed the same way.
+Large values (up to :data:`MAX_VALUE_BYTES`): the item of the key is a *head*, holding
+the value compressed (``packed``) or naming immutable chunk items written before it;
+switching the head is the write, so it stays one atomic conditional request. See
+:mod:`~grove.caches.aws_dynamodb.chunks` for the layout, the reads that never mix two
+versions, and :meth:`Handler.maintain`, which removes chunks no head names.
 
 Requests per call (botocore's retries aside):
 
