@@ -94,10 +94,10 @@ BROKEN_HANDLERS = textwrap.dedent(
 
 
     class ExpiredStillCounts(Memory):
-        """Checks conditions against the stored value whether or not it has expired."""
+        """Treats an entry as live whether or not it has expired."""
 
-        def _live(self, pk, sk):
-            return self._partitions.get(pk, {}).get(sk, ABSENT)
+        def _expired(self, pk, sk):
+            return False
 
 
     class TestShowsTheConstraint(CacheConformance):
