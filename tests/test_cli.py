@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import termios
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from grove.caches import BaseCache, aws_dynamodb, create
+from grove.caches import BaseCache, aws_dynamodb, create, local_file, local_sqlite
 from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseLost
 from grove.caches.testing import HOSTILE_KEYS
 from grove.cli import ExitCode, _masked_settings, main
@@ -346,14 +347,81 @@ def test_maintain_removes_leftovers_where_a_handler_has_them(
         "at": {"N": "0"},
     }
     handler.client.put_item(TableName=handler.config.table, Item=orphan)
-    assert cli("maintain").stdout == b"removed 1 leftover\n"
-    assert cli("maintain", "--older-than", "0").stdout == b"removed 0 leftovers\n"
+    assert cli("maintain").stdout == b"removed 0 expired entries\nremoved 1 leftover\n"
+    assert cli("maintain", "--older-than", "0").stdout.endswith(b"removed 0 leftovers\n")
     assert handler.get("pointer.kept", "all") == large
-    sqlite = Cli(
-        {**clean_environment(tmp_path), **local_sqlite_env(tmp_path / "c.db")}, "local_sqlite"
+
+
+def test_maintain_sweeps_expired_entries_in_batches(tmp_path: Path) -> None:
+    database = tmp_path / "c.db"
+    sqlite = Cli({**clean_environment(tmp_path), **local_sqlite_env(database)}, "local_sqlite")
+    handler = local_sqlite.Handler(local_sqlite.Configuration(path=str(database)))
+    for index in range(5):
+        handler.set("dedup.retired", f"h{index}", "1", ttl=0.05)
+    handler.set("pointer.kept", "all", "live", ttl=3600)
+    handler.set("pointer.plain", "all", "forever")
+    time.sleep(0.1)
+    result = sqlite("maintain", "--batch-size", "2")
+    assert result.stdout == b"removed 5 expired entries\n"
+    rows = sqlite3.connect(database).execute("SELECT pk FROM entries ORDER BY pk").fetchall()
+    assert rows == [("pointer.kept",), ("pointer.plain",)]
+    assert sqlite("maintain").stdout == b"removed 0 expired entries\n"
+
+
+def test_maintain_on_local_file_removes_expired_files_and_stale_temporaries(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cache"
+    cli = Cli({**clean_environment(tmp_path), **local_file_env(directory)}, "local_file")
+    handler = local_file.Handler(local_file.Configuration(path=str(directory), fsync=False))
+    handler.set("lock.retired", "all", "gone soon", ttl=0.05)
+    handler.set("pointer.kept", "all", "stays")
+    leftover = directory / "pointer.kept" / ".tmp.crashed-writer"
+    leftover.write_bytes(b"half a value")
+    time.sleep(0.1)
+    assert cli("maintain", "--older-than", "0").stdout == (
+        b"removed 1 expired entry\nremoved 1 leftover\n"
     )
-    result = sqlite("maintain", expect=ExitCode.USAGE)
-    assert b"local_sqlite has nothing to maintain" in result.stderr
+    assert not (directory / "lock.retired" / "all.cache").exists()
+    assert not leftover.exists()
+    assert handler.get("pointer.kept", "all") == "stays"
+
+
+def test_maintain_says_when_a_handler_has_nothing_to_maintain(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "plain_cache-1.0.dist-info").mkdir(parents=True)
+    (site / "plain_cache-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: plain-cache\nVersion: 1.0\n"
+    )
+    (site / "plain_cache-1.0.dist-info" / "entry_points.txt").write_text(
+        "[grove.caches]\nplain = plain_cache:Handler\n"
+    )
+    (site / "plain_cache.py").write_text(
+        textwrap.dedent(
+            """
+            from grove.caches import BaseCache
+            from grove.exceptions import NotFoundException
+
+
+            class Handler(BaseCache):
+                def get(self, pk, sk):
+                    raise NotFoundException(f"{pk}/{sk}")
+
+                def set(self, pk, sk, value, not_set=False, constraint=None):
+                    pass
+
+                def delete(self, pk, sk, constraint=None):
+                    pass
+            """
+        )
+    )
+    env = {
+        **clean_environment(tmp_path),
+        "GROVE_CACHE_HANDLER": "plain",
+        "PYTHONPATH": str(site),
+    }
+    result = Cli(env, "plain")("maintain", expect=ExitCode.USAGE)
+    assert b"plain has nothing to maintain" in result.stderr
 
 
 def test_bench_measures_and_cleans_up(cli: Cli) -> None:

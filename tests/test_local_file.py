@@ -1125,7 +1125,7 @@ def test_expiry_is_the_callers_clock_in_epoch_seconds(root: Path) -> None:
     assert tree(root) == ["pk"]
 
 
-def test_setup_and_tidy_remove_expired_files(root: Path) -> None:
+def test_tidy_removes_expired_files_and_setup_leaves_them(root: Path) -> None:
     clock = ManualClock()
     cache = Handler(Configuration(path=str(root), fsync=False), clock=clock)
     long_pk = "\u20ac" * 300
@@ -1134,13 +1134,15 @@ def test_setup_and_tidy_remove_expired_files(root: Path) -> None:
     cache.set("pk", "kept", "v", ttl=1000)
     cache.set("pk", "plain", "v")
     clock.advance(20)
-    cache.setup()
+    cache.setup()  # at every start: it must not read every entry file
+    assert len([path for path in tree(root) if path.endswith(SUFFIX)]) == 4
+    assert cache.tidy() == 2
     assert sorted(path for path in tree(root) if path.endswith(SUFFIX)) == [
         "pk/kept.cache",
         "pk/plain.cache",
     ]
     clock.advance(1000)
-    assert cache.tidy() == 1
+    assert cache.maintain() == 1
     assert sorted(cache.entries()) == [CacheEntry("pk", "plain", "v")]
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,8 +35,7 @@ from typing import ClassVar, Final, Literal
 
 from typing_extensions import override
 
-from grove.caches import BaseCache, CacheEntry, CreatingStorage, Expiring, Listing
-from grove.caches.configuration import HandlerConfiguration
+from grove.caches import BaseCache, CacheEntry, Expiring
 from grove.caches.validation import (
     KNOWN_KEYS,
     check_one_key,
@@ -138,10 +136,6 @@ class AtomicCache(BaseCache):
     :class:`~grove.exceptions.DataFormatException` it causes says what was stored. A hint
     for callers choosing between trying a write first and reading first
     (:mod:`grove.caches.lease` does); ``current_known`` on each exception is the truth."""
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        _adopt_local_file_abilities(cls)
 
     def location(self) -> str:
         """Say where this handler keeps its entries, for messages.
@@ -440,28 +434,6 @@ class AtomicCache(BaseCache):
                 "match the constraint, or none is stored",
                 removed,
             )
-
-
-def _adopt_local_file_abilities(cls: type[AtomicCache]) -> None:
-    """Give ``local_file``'s handler the ability types and configuration it implies.
-
-    Transitional: ``local_file`` is being turned into a package in a parallel branch,
-    which declares :class:`~grove.caches.Listing`, :class:`~grove.caches.CreatingStorage`,
-    :class:`~grove.caches.Maintaining` and ``configuration`` itself; remove this then.
-    """
-    if not cls.__module__.startswith("grove.caches.local_file"):
-        return
-    if "_scan" in vars(cls) and not issubclass(cls, Listing):
-        Listing.register(cls)
-    if "create_storage" in vars(cls) and not issubclass(cls, CreatingStorage):
-        CreatingStorage.register(cls)
-    configuration = getattr(sys.modules.get(cls.__module__), "Configuration", None)
-    if (
-        cls.configuration is None
-        and isinstance(configuration, type)
-        and issubclass(configuration, HandlerConfiguration)
-    ):
-        cls.configuration = configuration
 
 
 def _refusal(message: str, outcome: Outcome) -> DataFormatException:

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from grove.caches import (
     BaseCache,
+    Expiring,
     Listing,
     Maintaining,
 )
@@ -132,17 +133,36 @@ def init(context: Context) -> None:
     metavar="SECONDS",
     help="Leave leftovers younger than this (default: the handler's, safe beside writers).",
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Expired entries removed per step (one transaction, request or scan page).",
+)
 @_anywhere
 @pass_context
-def maintain(context: Context, older_than: float | None) -> None:
-    """Remove what interrupted writes left behind (temporary files, orphaned chunks)."""
+def maintain(context: Context, older_than: float | None, batch_size: int) -> None:
+    """Remove expired entries, in batches, and what interrupted writes left behind.
+
+    Expired entries are already absent for every call; this reclaims their space, one
+    bounded batch at a time, so a store with millions of them is cleaned without one
+    giant transaction. Then the leftovers of interrupted writes go (temporary files,
+    orphaned chunks). Safe beside running collectors.
+    """
     cache = context.cache(writes=True)
-    if not isinstance(cache, Maintaining):
+    if not isinstance(cache, Expiring | Maintaining):
         raise NotImplementedError(
-            f"{context.store().name} has nothing to maintain (it leaves no leftovers)"
+            f"{context.store().name} has nothing to maintain "
+            "(its entries do not expire and it leaves no leftovers)"
         )
-    removed = cache.maintain(older_than=older_than)
-    context.out.print(Text(f"removed {plural(removed, 'leftover', 'leftovers')}"))
+    if isinstance(cache, Expiring):
+        with context.progress("removing expired entries", unit="removed") as meter:
+            swept = cache.sweep_expired(batch_size=batch_size, progress=meter.advance)
+        context.out.print(Text(f"removed {plural(swept, 'expired entry', 'expired entries')}"))
+    if isinstance(cache, Maintaining):
+        removed = cache.maintain(older_than=older_than)
+        context.out.print(Text(f"removed {plural(removed, 'leftover', 'leftovers')}"))
 
 
 MAX_BENCH_VALUE_BYTES = 4 * 1024 * 1024

@@ -297,15 +297,7 @@ class Boundary:
                 except FileNotFoundError:
                     if not create:
                         return None
-                try:
-                    os.mkdir(path, DIRECTORY_MODE)
-                except FileExistsError:
-                    continue  # made by another writer, or not a directory: open says
-                except FileNotFoundError:
-                    make_directories(self.root, self.fsync)
-                    continue
-                if self.fsync:
-                    sync_directory(self.root)
+                self._make_partition(path)
                 continue  # and open what was made; tidy may remove it first, so loop
             try:
                 root = self.open_root()
@@ -321,6 +313,24 @@ class Boundary:
             finally:
                 os.close(root)
         raise self.vanishing(entry)
+
+    def _make_partition(self, path: str) -> None:
+        """Create a partition's directory (and ``<path>`` if it is missing).
+
+        Another writer making it first is not an error: the open that follows finds out
+        what is there, a directory or something that is not one.
+
+        :param path: The directory, just below ``<path>``.
+        """
+        try:
+            os.mkdir(path, DIRECTORY_MODE)
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            make_directories(self.root, self.fsync)
+            return
+        if self.fsync:
+            sync_directory(self.root)
 
     def open_chain(self, root: int, names: list[str], *, create: bool) -> int | None:
         """Open the directories ``names`` below ``root`` in turn, without following links.

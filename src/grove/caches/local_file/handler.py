@@ -67,7 +67,7 @@ from typing import Literal
 
 from typing_extensions import override
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, CreatingStorage, Listing, Maintaining
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -114,7 +114,7 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 
 
-class Handler(ExpiringCache):
+class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
     """A local file backed cache for pointers and other Grove data.
 
     Expiry: an entry written with ``ttl`` is a frame of :mod:`.framing` holding the
@@ -126,12 +126,15 @@ class Handler(ExpiringCache):
     process see entries expire ``d`` seconds early or late, and entries it writes expire
     ``d`` seconds early or late for the others. An expired file stays on disk, absent
     for every call, until its key is written or deleted, or :meth:`sweep_expired`,
-    :meth:`tidy` or :meth:`setup` removes it.
+    :meth:`tidy` or :meth:`maintain` (``grove-cache maintain``) removes it. :meth:`setup`
+    does not: it runs at every start, and sweeping reads every entry file.
 
     :param config: The settings; when ``None``, read from the environment.
     :param clock: The clock that decides expiry; ``time.time`` when ``None``.
     """
 
+    configuration = Configuration
+    config: Configuration
     driver_errors = (OSError, CorruptEntryError)
     clock_owner = "caller"
 
@@ -146,7 +149,7 @@ class Handler(ExpiringCache):
         :raises ConfigurationException: The environment lacks the path or has an
             invalid setting.
         """
-        self.config = config if config is not None else Configuration.from_environment()
+        super().__init__(config)
         self._path = os.path.abspath(self.config.path)
         self._root = os.path.realpath(self._path)
         self._prefix = self._root + "/"
@@ -170,24 +173,22 @@ class Handler(ExpiringCache):
             is not writable; the message names it.
         """
         variable = Configuration.env_name("path")
+        where = f"the directory ({variable})"
         try:
             make_directories(self._root, self._fsync)
             status = os.stat(self._root)
         except OSError as exc:
-            raise AccessException(
-                f"{self.location()}: the directory cannot be used ({variable}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure("setup", exc, where=where) from exc
         if not stat.S_ISDIR(status.st_mode):
-            raise AccessException(f"{self.location()}: not a directory ({variable})")
+            raise AccessException(f"setup of {where} failed in {self.location()}: not a directory")
         if not os.access(self._root, os.W_OK | os.X_OK):
-            raise AccessException(f"{self.location()}: the directory is not writable ({variable})")
-        try:
-            self.tidy()
-        except OSError as exc:
             raise AccessException(
-                f"{self.location()}: tidying the directory failed: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"setup of {where} failed in {self.location()}: the directory is not writable"
+            )
+        try:
+            self._remove_leftovers(STALE_TEMPORARY_SECONDS)
+        except OSError as exc:
+            raise self._failure("tidy", exc, where=where) from exc
 
     @override
     def create_storage(self) -> str:
@@ -203,7 +204,8 @@ class Handler(ExpiringCache):
     def tidy(self, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
         """Remove expired entries, temporary files of crashed writers, and empty directories.
 
-        :meth:`setup` calls this. It is safe while other handlers use the directory: an
+        :meth:`maintain` calls this; :meth:`setup` removes only the temporary files and
+        empty directories. It is safe while other handlers use the directory: an
         expired entry goes under its directory's lock, only if it has still expired (by
         this handler's clock); only temporary files and empty directories unchanged for
         ``older_than`` seconds go, which is longer than any write takes, and a writer
@@ -220,9 +222,31 @@ class Handler(ExpiringCache):
             swept = sweep_below(
                 root, self._root, sys.maxsize, self._clock, self._flock, self._fsync
             )
-            return swept + tidy_below(root, time.time() - older_than)
         finally:
             os.close(root)
+        return swept + self._remove_leftovers(older_than)
+
+    def _remove_leftovers(self, older_than: float) -> int:
+        """Remove stale temporary files and empty directories; how many files went."""
+        root = self._boundary.open_root()
+        try:
+            return tidy_below(root, time.time() - older_than)
+        finally:
+            os.close(root)
+
+    @override
+    def maintain(self, *, older_than: float | None = None) -> int:
+        """Remove what the directory no longer needs: :meth:`tidy`, as a maintenance task.
+
+        :param older_than: Remove temporary files and empty directories last changed this
+            many seconds ago or more; :data:`STALE_TEMPORARY_SECONDS` when ``None``.
+        :raises AccessException: The directory cannot be read or changed.
+        :return: How many files were removed: expired entries and temporary files.
+        """
+        try:
+            return self.tidy(STALE_TEMPORARY_SECONDS if older_than is None else older_than)
+        except OSError as exc:
+            raise self._failure("maintain", exc, where="the directory") from exc
 
     # -- primitives ------------------------------------------------------------------
 
@@ -260,14 +284,11 @@ class Handler(ExpiringCache):
             if found is None:
                 return self._absent()
             data = found
-        if data.startswith(MAGIC):  # a frame: inlined, as the rest of this path
-            try:
-                start, expires_at = split_frame(data)
-            except MalformedFrameError as exc:
-                raise _corrupt(pk, sk, f"is {exc}") from None
-            if expires_at is not None and expires_at <= self._clock():
+        if data.startswith(MAGIC):
+            unframed = self._unframe(data, pk, sk)
+            if unframed is None:
                 return ABSENT
-            data = data[start:]
+            data = unframed
         try:
             return data.decode()  # UTF-8
         except UnicodeDecodeError:

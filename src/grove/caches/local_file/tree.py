@@ -47,34 +47,45 @@ def tidy_below(directory: int, deadline: float) -> int:
     :param deadline: Seconds since the epoch; what was changed at or before it is stale.
     :return: How many temporary files were removed.
     """
-    removed = 0
     with os.scandir(directory) as listing:
         entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+    removed = 0
     for name, is_directory in entries:
-        if not is_directory and not name.startswith(TEMPORARY_PREFIX):
-            continue
-        if is_directory and name.startswith("."):
-            continue  # not a directory that escaping makes
-        try:
-            stale = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime <= deadline
-            if not is_directory:
-                if stale:
-                    os.unlink(name, dir_fd=directory)
-                    removed += 1
-                continue
-            subdirectory = os.open(name, O_DIRECTORY, dir_fd=directory)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                continue  # replaced by a symlink meanwhile: never followed
-            raise
-        try:
-            removed += tidy_below(subdirectory, deadline)
-        finally:
-            os.close(subdirectory)
-        if not stale:
-            continue
+        if is_directory:
+            if not name.startswith("."):  # else not a directory that escaping makes
+                removed += _tidy_subdirectory(directory, name, deadline)
+        elif name.startswith(TEMPORARY_PREFIX):
+            removed += _remove_if_stale(directory, name, deadline)
+    return removed
+
+
+def _remove_if_stale(directory: int, name: str, deadline: float) -> int:
+    """Remove a temporary file last changed at or before ``deadline``; 1 if it went."""
+    try:
+        if os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime > deadline:
+            return 0
+        os.unlink(name, dir_fd=directory)
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _tidy_subdirectory(directory: int, name: str, deadline: float) -> int:
+    """Tidy a subdirectory, then remove it if it is empty and was stale before that."""
+    try:
+        stale = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime <= deadline
+        subdirectory = os.open(name, O_DIRECTORY, dir_fd=directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return 0  # replaced by a symlink meanwhile: never followed
+        raise
+    try:
+        removed = tidy_below(subdirectory, deadline)
+    finally:
+        os.close(subdirectory)
+    if stale:
         try:
             os.rmdir(name, dir_fd=directory)
         except OSError as exc:
