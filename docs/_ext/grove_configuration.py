@@ -1,0 +1,208 @@
+"""A Sphinx directive that documents a handler's settings from its pydantic model.
+
+``.. grove-configuration:: grove.caches.local_file.Configuration`` renders one row per
+field of the model: its name, type, default, constraints, the environment variable that
+sets it (from the model's ``env_prefix``) and its description. Nothing is copied by
+hand, so the table cannot drift from the code.
+
+It also keeps pydantic's own machinery (``model_config``, ``model_fields``...) out of
+autodoc's output for these models: the table says what a reader needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import types
+import typing
+from typing import Any
+
+import annotated_types
+import pydantic
+from docutils import nodes
+from docutils.statemachine import StringList
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+_CONSTRAINTS = (
+    (annotated_types.Gt, "gt", "> {}"),
+    (annotated_types.Ge, "ge", "≥ {}"),
+    (annotated_types.Lt, "lt", "< {}"),
+    (annotated_types.Le, "le", "≤ {}"),
+    (annotated_types.MinLen, "min_length", "at least {} characters"),
+    (annotated_types.MaxLen, "max_length", "at most {} characters"),
+)
+
+
+def import_object(dotted: str) -> Any:
+    """Import ``package.module.Name``.
+
+    :param dotted: The object's full dotted name.
+    :raises ImportError: No module of that name has the object.
+    :return: The object.
+    """
+    module_name, _, attribute = dotted.rpartition(".")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError as exc:
+        raise ImportError(f"{module_name} has no {attribute}") from exc
+
+
+def describe_type(annotation: Any) -> str:
+    """Write a field's type as a reader would, such as ``str | None`` or ``"full" | "normal"``.
+
+    :param annotation: The field's annotation, as pydantic resolved it.
+    :return: The type in one short line.
+    """
+    if annotation is type(None):
+        return "None"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(f'"{value}"' for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe_type(argument) for argument in typing.get_args(annotation))
+    if annotation is pydantic.SecretStr:
+        return "str (secret)"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_default(field: FieldInfo) -> str:
+    """Write a field's default as it would be given in the environment.
+
+    :param field: The pydantic field.
+    :return: The default, ``required`` when there is none.
+    """
+    if field.default is PydanticUndefined:
+        if field.default_factory is not None:
+            return "(computed)"
+        return "required"
+    default = field.default
+    if isinstance(default, pydantic.SecretStr):
+        default = default.get_secret_value()
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, enum.Enum):
+        default = default.value
+    if default == "":
+        return "empty"
+    return str(default)
+
+
+def describe_constraints(field: FieldInfo) -> str:
+    """List a field's bounds, such as ``≥ 900, ≤ 43200``.
+
+    :param field: The pydantic field.
+    :return: The bounds, comma-separated; empty when there are none.
+    """
+    found = []
+    for item in field.metadata:
+        for kind, attribute, template in _CONSTRAINTS:
+            if isinstance(item, kind):
+                bound = getattr(item, attribute)
+                not_empty = kind is annotated_types.MinLen and bound == 1
+                found.append("not empty" if not_empty else template.format(bound))
+    return ", ".join(found)
+
+
+def _literal(text: str) -> str:
+    """Quote text as an inline literal of reStructuredText."""
+    return f"``{text}``" if text else ""
+
+
+def configuration_rows(model: type[pydantic.BaseModel]) -> list[list[str]]:
+    """Build the table's rows for a settings model.
+
+    :param model: A ``HandlerConfiguration`` subclass (or any pydantic-settings model).
+    :return: One row per field: name, type, default, environment variable, meaning.
+    """
+    prefix = str(model.model_config.get("env_prefix", ""))
+    rows = []
+    for name, field in model.model_fields.items():
+        default = describe_default(field)
+        constraints = describe_constraints(field)
+        meaning = (field.description or "").strip()
+        if constraints:
+            meaning = f"{meaning} ({constraints})" if meaning else constraints
+        rows.append(
+            [
+                _literal(name),
+                _literal(describe_type(field.annotation)),
+                default if default in {"required", "unset", "empty"} else _literal(default),
+                _literal((prefix + name).upper()),
+                meaning,
+            ]
+        )
+    return rows
+
+
+class ConfigurationDirective(SphinxDirective):
+    """``.. grove-configuration:: dotted.name.of.Configuration``."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        """Render the table.
+
+        :return: The table's nodes.
+        """
+        dotted = self.arguments[0]
+        try:
+            model = import_object(dotted)
+        except ImportError as exc:
+            raise self.error(f"grove-configuration: cannot import {dotted}: {exc}") from exc
+        if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+            raise self.error(f"grove-configuration: {dotted} is not a pydantic model")
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 14 14 12 30 30",
+            "",
+            "   * - setting",
+            "     - type",
+            "     - default",
+            "     - environment variable",
+            "     - meaning",
+        ]
+        for row in configuration_rows(model):
+            lines.append(f"   * - {row[0]}")
+            lines.extend(f"     - {cell}" for cell in row[1:])
+        container = nodes.container(classes=["grove-configuration"])
+        nested_parse_with_titles(self.state, StringList(lines, source=dotted), container)
+        return [container]
+
+
+_PYDANTIC_INTERNALS = frozenset({"model_config", "model_fields", "model_computed_fields"})
+
+
+def skip_pydantic_internals(
+    app: Sphinx, what: str, name: str, obj: object, skip: bool, options: object
+) -> bool | None:
+    """Keep pydantic's own attributes out of autodoc's output.
+
+    :return: ``True`` to skip the member, ``None`` to let autodoc decide.
+    """
+    if name in _PYDANTIC_INTERNALS:
+        return True
+    if getattr(obj, "__qualname__", "").startswith(("BaseModel.", "BaseSettings.")):
+        return True
+    return None
+
+
+def setup(app: Sphinx) -> dict[str, object]:
+    """Register the directive and the autodoc filter.
+
+    :param app: The Sphinx application.
+    :return: The extension's metadata.
+    """
+    app.add_directive("grove-configuration", ConfigurationDirective)
+    app.connect("autodoc-skip-member", skip_pydantic_internals)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,60 @@
+"""Sphinx configuration of the grove-caches documentation.
+
+Build it with ``scripts/docs [OUTDIR]``: warnings are errors and every cross-reference
+into the package must resolve (``-W -n --keep-going``).
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version as _version
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "_ext"))
+
+project = "grove-caches"
+author = "the grove-caches authors"
+copyright = "the grove-caches authors"
+release = _version("grove-caches")
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.viewcode",
+    "sphinx_click",
+    "myst_parser",
+    "grove_configuration",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+root_doc = "index"
+
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+html_theme = "furo"
+html_title = f"grove-caches {release}"
+html_static_path: list[str] = []
+
+# The API reference documents what each module exports, in source order, with the
+# signature's types shown in the description.
+autodoc_default_options = {
+    "members": True,
+    "member-order": "bysource",
+    "show-inheritance": True,
+}
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = True
+autoclass_content = "class"
+
+# Nitpicky mode: every reference to this package must resolve. References to Python's
+# standard library and to third-party packages are not linked (the build must work
+# without network, so there is no intersphinx inventory to resolve them against).
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:(class|exc|obj|data|func|meth|attr|mod)", r"(?!grove\b).*"),
+]
