@@ -1,9 +1,13 @@
-"""A Sphinx directive that documents a handler's settings from its pydantic model.
+"""Sphinx directives that document handlers from the code: settings and abilities.
 
 ``.. grove-configuration:: grove.caches.local_file.Configuration`` renders one row per
 field of the model: its name, type, default, constraints, the environment variable that
 sets it (from the model's ``env_prefix``) and its description. Nothing is copied by
 hand, so the table cannot drift from the code.
+
+``.. grove-handlers::`` renders one row per installed handler (the ``grove.caches``
+entry-point group) with the abilities its class declares: expiry and whose clock decides
+it, listing, whether ``grove-cache init`` creates its storage, the largest value.
 
 It also keeps pydantic's own machinery (``model_config``, ``model_fields``...) out of
 autodoc's output for these models: the table says what a reader needs.
@@ -15,6 +19,7 @@ import enum
 import importlib
 import types
 import typing
+from importlib.metadata import entry_points
 from typing import Any
 
 import annotated_types
@@ -26,6 +31,8 @@ from pydantic_core import PydanticUndefined
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
+
+from grove.caches import ENTRY_POINT_GROUP, BaseCache
 
 _CONSTRAINTS = (
     (annotated_types.Gt, "gt", "> {}"),
@@ -180,6 +187,69 @@ class ConfigurationDirective(SphinxDirective):
         return [container]
 
 
+def _size(limit: int | None) -> str:
+    if limit is None:
+        return "no limit of its own"
+    if limit % (1 << 20) == 0:
+        return f"{limit >> 20} MiB"
+    return f"{limit:,} bytes"
+
+
+def handler_rows() -> list[list[str]]:
+    """Build one row per installed handler from what its class declares.
+
+    :return: Name, module, expiry, listing, creates its storage, largest value.
+    """
+    rows = []
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
+        handler = entry.load()
+        expiry = "no"
+        if handler.supports_expiry():
+            owner = getattr(handler, "clock_owner", None)
+            expiry = f"yes, by the {owner}'s clock" if owner else "yes"
+        creates = handler.create_storage is not BaseCache.create_storage
+        rows.append(
+            [
+                _literal(entry.name),
+                f":mod:`{handler.__module__}`",
+                expiry,
+                "yes" if handler.supports_listing() else "no",
+                "yes" if creates else "nothing to create",
+                _size(handler.max_value_bytes),
+            ]
+        )
+    return rows
+
+
+class HandlersDirective(SphinxDirective):
+    """``.. grove-handlers::``: the installed handlers and their declared abilities."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        """Render the table.
+
+        :return: The table's nodes.
+        """
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - handler",
+            "     - module",
+            "     - expiry (``ttl``)",
+            "     - listing",
+            "     - ``grove-cache init``",
+            "     - largest value",
+        ]
+        for row in handler_rows():
+            lines.append(f"   * - {row[0]}")
+            lines.extend(f"     - {cell}" for cell in row[1:])
+        container = nodes.container(classes=["grove-handlers"])
+        nested_parse_with_titles(self.state, StringList(lines, source="grove-handlers"), container)
+        return [container]
+
+
 _PYDANTIC_INTERNALS = frozenset({"model_config", "model_fields", "model_computed_fields"})
 
 
@@ -204,5 +274,6 @@ def setup(app: Sphinx) -> dict[str, object]:
     :return: The extension's metadata.
     """
     app.add_directive("grove-configuration", ConfigurationDirective)
+    app.add_directive("grove-handlers", HandlersDirective)
     app.connect("autodoc-skip-member", skip_pydantic_internals)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
