@@ -10,8 +10,11 @@ import sys
 from importlib.metadata import version as _version
 from pathlib import Path
 
+from sphinx.application import Sphinx
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "_ext"))
+sys.path.insert(0, str(HERE.parent))  # benchmarks.plot draws the performance figures
 
 project = "grove-caches"
 author = "the grove-caches authors"
@@ -28,7 +31,8 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+# _generated holds what the build draws (the benchmark figures and their captions).
+exclude_patterns = ["_build", "_generated"]
 root_doc = "index"
 
 myst_enable_extensions = ["colon_fence", "deflist"]
@@ -58,3 +62,18 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:(class|exc|obj|data|func|meth|attr|mod)", r"(?!grove\b).*"),
 ]
+
+
+def _draw_benchmark_figures(app: object) -> None:
+    """Draw the performance figures from the committed results file, before reading."""
+    from benchmarks.plot import DEFAULT_RESULTS, draw  # noqa: PLC0415 - needs sys.path
+
+    draw(DEFAULT_RESULTS, HERE / "_generated")
+
+
+def setup(app: Sphinx) -> None:
+    """Draw the benchmark figures when the build starts.
+
+    :param app: The Sphinx application.
+    """
+    app.connect("builder-inited", _draw_benchmark_figures)

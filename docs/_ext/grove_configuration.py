@@ -124,12 +124,20 @@ def _literal(text: str) -> str:
     return f"``{text}``" if text else ""
 
 
-def configuration_rows(model: type[pydantic.BaseModel]) -> list[list[str]]:
+def configuration_rows(
+    model: type[pydantic.BaseModel], notes: dict[str, str] | None = None
+) -> list[list[str]]:
     """Build the table's rows for a settings model.
 
     :param model: A ``HandlerConfiguration`` subclass (or any pydantic-settings model).
+    :param notes: More to say about some fields, by field name, after their description.
+    :raises KeyError: A note names no field of the model.
     :return: One row per field: name, type, default, environment variable, meaning.
     """
+    notes = notes or {}
+    unknown = sorted(set(notes) - set(model.model_fields))
+    if unknown:
+        raise KeyError(f"notes for fields that {model.__name__} does not have: {unknown}")
     prefix = str(model.model_config.get("env_prefix", ""))
     rows = []
     for name, field in model.model_fields.items():
@@ -138,6 +146,8 @@ def configuration_rows(model: type[pydantic.BaseModel]) -> list[list[str]]:
         meaning = (field.description or "").strip()
         if constraints:
             meaning = f"{meaning} ({constraints})" if meaning else constraints
+        if name in notes:
+            meaning = f"{meaning} {notes[name]}".strip()
         rows.append(
             [
                 _literal(name),
@@ -150,11 +160,40 @@ def configuration_rows(model: type[pydantic.BaseModel]) -> list[list[str]]:
     return rows
 
 
+def parse_notes(lines: list[str]) -> dict[str, str]:
+    """Read the directive's content: ``field: text``, continued on indented lines.
+
+    :param lines: The content lines.
+    :raises ValueError: A line neither starts a note nor continues one.
+    :return: The text of each note, by field name, on one line.
+    """
+    notes: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if not line.strip():
+            continue
+        if line[0].isspace():
+            if current is None:
+                raise ValueError(f"a continuation line before any note: {line!r}")
+            current.append(line.strip())
+            continue
+        field, colon, text = line.partition(":")
+        if not colon or not field.isidentifier():
+            raise ValueError(f"not 'field: text': {line!r}")
+        current = notes.setdefault(field, [])
+        current.append(text.strip())
+    return {field: " ".join(parts) for field, parts in notes.items()}
+
+
 class ConfigurationDirective(SphinxDirective):
-    """``.. grove-configuration:: dotted.name.of.Configuration``."""
+    """``.. grove-configuration:: dotted.name.of.Configuration``.
+
+    The content, if any, adds notes to fields, as ``field: text`` (continued on indented
+    lines); a note for a field the model does not have fails the build.
+    """
 
     required_arguments = 1
-    has_content = False
+    has_content = True
 
     def run(self) -> list[nodes.Node]:
         """Render the table.
@@ -179,7 +218,11 @@ class ConfigurationDirective(SphinxDirective):
             "     - environment variable",
             "     - meaning",
         ]
-        for row in configuration_rows(model):
+        try:
+            rows = configuration_rows(model, parse_notes(list(self.content)))
+        except (KeyError, ValueError) as exc:
+            raise self.error(f"grove-configuration {dotted}: {exc}") from exc
+        for row in rows:
             lines.append(f"   * - {row[0]}")
             lines.extend(f"     - {cell}" for cell in row[1:])
         container = nodes.container(classes=["grove-configuration"])
