@@ -38,6 +38,8 @@ root_doc = "index"
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
+smartquotes_action = "qe"  # keep "--debug" as typed: no en dashes in command lines
+
 html_theme = "furo"
 html_title = f"grove-caches {release}"
 html_static_path: list[str] = []
@@ -50,6 +52,9 @@ autodoc_default_options = {
     "show-inheritance": True,
 }
 autodoc_typehints = "description"
+# Types for the parameters a docstring documents (pydantic-settings' own constructor
+# options stay out of the settings models' pages).
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_inherit_docstrings = True

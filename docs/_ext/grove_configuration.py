@@ -2,7 +2,8 @@
 
 ``.. grove-configuration:: grove.caches.local_file.Configuration`` renders one row per
 field of the model: its name, type, default, constraints, the environment variable that
-sets it (from the model's ``env_prefix``) and its description. Nothing is copied by
+sets it (from the model's ``env_prefix``) and its description (the field's
+``description``, else the docstring written under it). Nothing is copied by
 hand, so the table cannot drift from the code.
 
 ``.. grove-handlers::`` renders one row per installed handler (the ``grove.caches``
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import re
 import types
 import typing
 from importlib.metadata import entry_points
@@ -25,12 +27,13 @@ from typing import Any
 import annotated_types
 import pydantic
 from docutils import nodes
-from docutils.statemachine import StringList
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+from sphinx import addnodes
 from sphinx.application import Sphinx
+from sphinx.errors import PycodeError
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.docutils import SphinxDirective
-from sphinx.util.nodes import nested_parse_with_titles
 
 from grove.caches import ENTRY_POINT_GROUP, BaseCache
 
@@ -124,6 +127,23 @@ def _literal(text: str) -> str:
     return f"``{text}``" if text else ""
 
 
+def attribute_docstrings(model: type) -> dict[str, str]:
+    """Read the docstrings written under a class's fields (``field: int`` then a string).
+
+    :param model: The class.
+    :return: Each documented attribute's docstring, joined into one line.
+    """
+    try:
+        found = ModuleAnalyzer.for_module(model.__module__).find_attr_docs()
+    except PycodeError:
+        return {}
+    return {
+        attribute: " ".join(line.strip() for line in lines if line.strip())
+        for (scope, attribute), lines in found.items()
+        if scope == model.__qualname__
+    }
+
+
 def configuration_rows(
     model: type[pydantic.BaseModel], notes: dict[str, str] | None = None
 ) -> list[list[str]]:
@@ -139,11 +159,12 @@ def configuration_rows(
     if unknown:
         raise KeyError(f"notes for fields that {model.__name__} does not have: {unknown}")
     prefix = str(model.model_config.get("env_prefix", ""))
+    documented = attribute_docstrings(model)
     rows = []
     for name, field in model.model_fields.items():
         default = describe_default(field)
         constraints = describe_constraints(field)
-        meaning = (field.description or "").strip()
+        meaning = (field.description or documented.get(name, "")).strip()
         if constraints:
             meaning = f"{meaning} ({constraints})" if meaning else constraints
         if name in notes:
@@ -158,6 +179,70 @@ def configuration_rows(
             ]
         )
     return rows
+
+
+_INLINE = re.compile(r":mod:`(?P<module>[^`]+)`|``(?P<double>.+?)``|`(?P<single>[^`]+)`")
+
+
+def inline_nodes(text: str) -> list[nodes.Node]:
+    """Turn a cell's text into nodes: ``code`` or `code` as literals, :mod:`x` as a link.
+
+    The same in reStructuredText and Markdown pages, since no parser is involved.
+
+    :param text: The cell's text.
+    :return: Its nodes.
+    """
+    found: list[nodes.Node] = []
+    position = 0
+    for match in _INLINE.finditer(text):
+        if match.start() > position:
+            found.append(nodes.Text(text[position : match.start()]))
+        if match["module"]:
+            reference = addnodes.pending_xref(
+                "", refdomain="py", reftype="mod", reftarget=match["module"], refexplicit=False
+            )
+            reference += nodes.literal(match["module"], match["module"])
+            found.append(reference)
+        else:
+            code = match["double"] or match["single"]
+            found.append(nodes.literal(code, code))
+        position = match.end()
+    if position < len(text):
+        found.append(nodes.Text(text[position:]))
+    return found
+
+
+def table_node(headers: list[str], rows: list[list[str]], widths: list[int]) -> nodes.table:
+    """Build a table whose cells are rendered by :func:`inline_nodes`.
+
+    :param headers: The column titles.
+    :param rows: The cells, row by row.
+    :param widths: Relative column widths.
+    :return: The table node.
+    """
+    table = nodes.table(classes=["grove-generated"])
+    group = nodes.tgroup(cols=len(headers))
+    table += group
+    for width in widths:
+        group += nodes.colspec(colwidth=width)
+
+    def row_node(cells: list[str]) -> nodes.row:
+        row = nodes.row()
+        for cell in cells:
+            entry = nodes.entry()
+            paragraph = nodes.paragraph()
+            paragraph.extend(inline_nodes(cell))
+            entry += paragraph
+            row += entry
+        return row
+
+    head = nodes.thead()
+    head += row_node(headers)
+    body = nodes.tbody()
+    body.extend(row_node(cells) for cells in rows)
+    group += head
+    group += body
+    return table
 
 
 def parse_notes(lines: list[str]) -> dict[str, str]:
@@ -207,27 +292,12 @@ class ConfigurationDirective(SphinxDirective):
             raise self.error(f"grove-configuration: cannot import {dotted}: {exc}") from exc
         if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
             raise self.error(f"grove-configuration: {dotted} is not a pydantic model")
-        lines = [
-            ".. list-table::",
-            "   :header-rows: 1",
-            "   :widths: 14 14 12 30 30",
-            "",
-            "   * - setting",
-            "     - type",
-            "     - default",
-            "     - environment variable",
-            "     - meaning",
-        ]
         try:
             rows = configuration_rows(model, parse_notes(list(self.content)))
         except (KeyError, ValueError) as exc:
             raise self.error(f"grove-configuration {dotted}: {exc}") from exc
-        for row in rows:
-            lines.append(f"   * - {row[0]}")
-            lines.extend(f"     - {cell}" for cell in row[1:])
-        container = nodes.container(classes=["grove-configuration"])
-        nested_parse_with_titles(self.state, StringList(lines, source=dotted), container)
-        return [container]
+        headers = ["setting", "type", "default", "environment variable", "meaning"]
+        return [table_node(headers, rows, [14, 14, 12, 30, 30])]
 
 
 def _size(limit: int | None) -> str:
@@ -274,23 +344,9 @@ class HandlersDirective(SphinxDirective):
 
         :return: The table's nodes.
         """
-        lines = [
-            ".. list-table::",
-            "   :header-rows: 1",
-            "",
-            "   * - handler",
-            "     - module",
-            "     - expiry (``ttl``)",
-            "     - listing",
-            "     - ``grove-cache init``",
-            "     - largest value",
-        ]
-        for row in handler_rows():
-            lines.append(f"   * - {row[0]}")
-            lines.extend(f"     - {cell}" for cell in row[1:])
-        container = nodes.container(classes=["grove-handlers"])
-        nested_parse_with_titles(self.state, StringList(lines, source="grove-handlers"), container)
-        return [container]
+        headers = ["handler", "module", "expiry (`ttl`)", "listing", "`grove-cache init`"]
+        headers.append("largest value")
+        return [table_node(headers, handler_rows(), [14, 24, 20, 8, 16, 18])]
 
 
 _PYDANTIC_INTERNALS = frozenset({"model_config", "model_fields", "model_computed_fields"})
@@ -310,6 +366,33 @@ def skip_pydantic_internals(
     return None
 
 
+def settings_signature(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str | None] | None:
+    """Show a settings model's signature as its fields, not pydantic-settings' own options.
+
+    :return: ``(*, field, field=default, ...)`` for a pydantic model, ``None`` otherwise.
+    """
+    if what != "class" or not (isinstance(obj, type) and issubclass(obj, pydantic.BaseModel)):
+        return None
+    parameters = []
+    for field_name, field in obj.model_fields.items():
+        if field.default is PydanticUndefined and field.default_factory is None:
+            parameters.append(field_name)
+        else:
+            default = field.default
+            if isinstance(default, pydantic.SecretStr):
+                default = default.get_secret_value()
+            parameters.append(f"{field_name}={default!r}")
+    return f"(*, {', '.join(parameters)})", return_annotation
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     """Register the directive and the autodoc filter.
 
@@ -319,4 +402,5 @@ def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("grove-configuration", ConfigurationDirective)
     app.add_directive("grove-handlers", HandlersDirective)
     app.connect("autodoc-skip-member", skip_pydantic_internals)
+    app.connect("autodoc-process-signature", settings_signature)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
