@@ -42,7 +42,8 @@ smartquotes_action = "qe"  # keep "--debug" as typed: no en dashes in command li
 
 html_theme = "furo"
 html_title = f"grove-caches {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["grove.css"]
 
 # The API reference documents what each module exports, in source order, with the
 # signature's types shown in the description.

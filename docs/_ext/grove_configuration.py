@@ -152,7 +152,8 @@ def configuration_rows(
     :param model: A ``HandlerConfiguration`` subclass (or any pydantic-settings model).
     :param notes: More to say about some fields, by field name, after their description.
     :raises KeyError: A note names no field of the model.
-    :return: One row per field: name, type, default, environment variable, meaning.
+    :return: One row per field: name and type (two lines), default, environment
+        variable, meaning.
     """
     notes = notes or {}
     unknown = sorted(set(notes) - set(model.model_fields))
@@ -165,14 +166,13 @@ def configuration_rows(
         default = describe_default(field)
         constraints = describe_constraints(field)
         meaning = (field.description or documented.get(name, "")).strip()
-        if constraints:
-            meaning = f"{meaning} ({constraints})" if meaning else constraints
         if name in notes:
             meaning = f"{meaning} {notes[name]}".strip()
+        if constraints:
+            meaning = f"{meaning} ({constraints})" if meaning else constraints
         rows.append(
             [
-                _literal(name),
-                _literal(describe_type(field.annotation)),
+                f"{_literal(name)}\n{_literal(describe_type(field.annotation))}",
                 default if default in {"required", "unset", "empty"} else _literal(default),
                 _literal((prefix + name).upper()),
                 meaning,
@@ -220,7 +220,7 @@ def table_node(headers: list[str], rows: list[list[str]], widths: list[int]) -> 
     :param widths: Relative column widths.
     :return: The table node.
     """
-    table = nodes.table(classes=["grove-generated"])
+    table = nodes.table(classes=["grove-generated", "colwidths-given"], width="100%")
     group = nodes.tgroup(cols=len(headers))
     table += group
     for width in widths:
@@ -230,9 +230,10 @@ def table_node(headers: list[str], rows: list[list[str]], widths: list[int]) -> 
         row = nodes.row()
         for cell in cells:
             entry = nodes.entry()
-            paragraph = nodes.paragraph()
-            paragraph.extend(inline_nodes(cell))
-            entry += paragraph
+            for text in cell.split("\n"):  # a line break starts a paragraph
+                paragraph = nodes.paragraph()
+                paragraph.extend(inline_nodes(text))
+                entry += paragraph
             row += entry
         return row
 
@@ -296,8 +297,8 @@ class ConfigurationDirective(SphinxDirective):
             rows = configuration_rows(model, parse_notes(list(self.content)))
         except (KeyError, ValueError) as exc:
             raise self.error(f"grove-configuration {dotted}: {exc}") from exc
-        headers = ["setting", "type", "default", "environment variable", "meaning"]
-        return [table_node(headers, rows, [14, 14, 12, 30, 30])]
+        headers = ["setting\ntype", "default", "environment variable", "meaning"]
+        return [table_node(headers, rows, [20, 13, 27, 40])]
 
 
 def _size(limit: int | None) -> str:
