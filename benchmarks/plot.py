@@ -7,8 +7,8 @@ Reads a results file written by ``python -m benchmarks.run --json RESULTS`` (def
   handler beside its floor (and any other reference measured in the same run), on a
   logarithmic axis;
 - ``bench-ratios.svg``: every handler's throughput ratio to its floor, per operation;
-- ``bench-figures.md``: the figures with their captions, for the documentation to
-  include.
+- ``bench-figures.md``: the figures with their captions and their numbers as tables,
+  for the documentation to include.
 
 The SVG files carry no date and fixed ids, so drawing the same results twice gives the
 same bytes. The documentation build runs this script, so the figures always show the
@@ -134,6 +134,34 @@ def _short(title: str) -> str:
     return title.split(", floor", maxsplit=1)[0]
 
 
+def suite_table(suite: dict[str, Any]) -> list[str]:
+    """Write one table of the run as Markdown: the figure's numbers, with latency.
+
+    :param suite: One entry of the results file's ``suites``.
+    :return: The table's lines.
+    """
+    handler, floor = suite["results"]["handler"], suite["results"]["floor"]
+    lines = [
+        "| operation | ops/s | p50 µs | p99 µs | floor ops/s | ratio |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for operation in OPERATIONS:
+        if operation not in handler:
+            continue
+        measured = handler[operation]
+        row = (
+            f"| {operation} | {measured['ops_per_second']:,.0f} | {measured['p50_us']:,.1f} "
+            f"| {measured['p99_us']:,.1f} |"
+        )
+        if operation in floor:
+            ratio = measured["ops_per_second"] / floor[operation]["ops_per_second"]
+            row += f" {floor[operation]['ops_per_second']:,.0f} | {ratio:.2f} |"
+        else:
+            row += " | |"
+        lines.append(row)
+    return lines
+
+
 def _slug(index: int, title: str) -> str:
     words = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
     return f"bench-{index:02d}-{words[:40].rstrip('-')}"
@@ -184,6 +212,8 @@ def draw(results_path: Path, outdir: Path) -> list[Path]:
             f"best of {workload.get('repeats', '?')}, {workload.get('value_bytes', '?')}-byte "
             "values.",
             "```",
+            "",
+            *suite_table(suite),
             "",
         ]
     fragment = outdir / "bench-figures.md"
