@@ -97,7 +97,7 @@ def ratio_figure(suites: list[dict[str, Any]], path: Path) -> None:
     :param suites: The results file's ``suites``.
     :param path: The SVG file to write.
     """
-    figure, axes = plt.subplots(figsize=(7, 0.32 * len(suites) + 1.6))
+    figure, axes = plt.subplots(figsize=(8, 0.32 * len(suites) + 1.6))
     for row, suite in enumerate(suites):
         handler, floor = suite["results"]["handler"], suite["results"]["floor"]
         for column, operation in enumerate(OPERATIONS):
@@ -131,7 +131,11 @@ _RATIO_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def _short(title: str) -> str:
-    return title.split(", floor", maxsplit=1)[0]
+    """``redis at redis://... (loopback), 1,000 keys`` becomes ``redis, 1,000 keys``."""
+    name, _, rest = title.partition(", ")
+    name = re.sub(r" (on|at) .*$", "", name)
+    keys = rest.split(", floor", maxsplit=1)[0]
+    return f"{name}, {keys}" if keys else name
 
 
 def suite_table(suite: dict[str, Any]) -> list[str]:
