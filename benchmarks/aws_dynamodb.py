@@ -20,7 +20,6 @@ import json
 import os
 import random
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
@@ -30,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
-from benchmarks.moto_server import UNSET, MotoServer, fake_credentials
-from benchmarks.suite import Suite
+from benchmarks.suite import Suite, threaded_rate
 from grove.caches.aws_dynamodb import Configuration, Handler
-from grove.caches.benchmark import KeyValue, Workload
+from grove.caches.benchmark import Workload
 from grove.exceptions import DataFormatException, NotFoundException
+from tests.moto_process import UNSET, MotoServer, fake_credentials
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -149,31 +148,6 @@ def requests_per_call(url: str) -> str:
     return "\n".join(lines)
 
 
-def _threaded_rate(store: KeyValue, threads: int, calls: int, operation: str) -> float:
-    """Calls per second of ``threads`` threads sharing ``store``, ``calls`` each."""
-    keys = [(f"threads.{index % 50}", f"sk{index}") for index in range(threads)]
-    for pk, sk in keys:
-        store.set(pk, sk, "v" * 64)
-    barrier = threading.Barrier(threads + 1)
-
-    def work(pk: str, sk: str) -> None:
-        barrier.wait()
-        for _ in range(calls):
-            if operation == "get":
-                store.get(pk, sk)
-            else:
-                store.set(pk, sk, "w" * 64)
-
-    workers = [threading.Thread(target=work, args=key) for key in keys]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    return threads * calls / (time.perf_counter() - started)
-
-
 def thread_throughput(url: str, calls: int = 200) -> str:
     """Measure 1, 8 and 50 threads sharing one handler, beside one shared raw client.
 
@@ -189,8 +163,8 @@ def thread_throughput(url: str, calls: int = 200) -> str:
     for threads in THREADS:
         for operation in ("get", "overwrite"):
             per_thread = max(20, calls // threads * 4) if threads > 1 else calls
-            mine = _threaded_rate(handler, threads, per_thread, operation)
-            floor = _threaded_rate(raw, threads, per_thread, operation)
+            mine, _ = threaded_rate(handler, threads, per_thread, operation)
+            floor, _ = threaded_rate(raw, threads, per_thread, operation)
             lines.append(
                 f"    {threads:>2} thread{'s' if threads > 1 else ' '} {operation:<10}"
                 f"{mine:>10,.0f}{floor:>10,.0f}{mine / floor:>8.2f}"

@@ -26,8 +26,7 @@ import pydantic
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from benchmarks.aws_dynamodb import _threaded_rate
-from benchmarks.suite import Suite
+from benchmarks.suite import Suite, threaded_rate
 from grove.caches.benchmark import KeyValue, Workload
 from grove.caches.postgresql import Configuration, Handler, _Statements
 
@@ -51,7 +50,7 @@ def _copy(dsn: str, table: str, entries: Entries) -> None:
             copy.write_row((pk.encode(), sk.encode(), value.encode()))
 
 
-class _Tables:
+class Tables:
     """The tables a benchmark run made, each created through the handler."""
 
     def __init__(self, dsn: str) -> None:
@@ -76,7 +75,7 @@ class _Tables:
 class BulkLoadedHandler(Handler):
     """The handler under test, on a new table, with a bulk fill for the benchmark."""
 
-    def __init__(self, tables: _Tables, **settings: Any) -> None:
+    def __init__(self, tables: Tables, **settings: Any) -> None:
         self.dsn = tables.dsn
         super().__init__(
             Configuration(dsn=pydantic.SecretStr(tables.dsn), table=tables.new(), **settings)
@@ -89,7 +88,7 @@ class BulkLoadedHandler(Handler):
 class RawStatements:
     """The floor: the handler's statements on one raw psycopg connection, no checks."""
 
-    def __init__(self, tables: _Tables) -> None:
+    def __init__(self, tables: Tables) -> None:
         self.dsn = tables.dsn
         self.table = tables.new()
         self.sql = _Statements(self.table)
@@ -131,7 +130,7 @@ class RawStatements:
 class RawPool(RawStatements):
     """The threaded floor: the same statements through a raw pool of the handler's size."""
 
-    def __init__(self, tables: _Tables, size: int) -> None:
+    def __init__(self, tables: Tables, size: int) -> None:
         super().__init__(tables)
         self.connection.close()
         self.pool: ConnectionPool[Any] = ConnectionPool(
@@ -148,7 +147,7 @@ class RawPool(RawStatements):
             self.pool.putconn(connection)
 
 
-def thread_throughput(tables: _Tables, calls: int = 2_000) -> str:
+def thread_throughput(tables: Tables, calls: int = 2_000) -> str:
     """Measure 1, 8 and 50 threads sharing one handler, beside a raw pool of its size.
 
     :param tables: Where to make the tables.
@@ -165,8 +164,8 @@ def thread_throughput(tables: _Tables, calls: int = 2_000) -> str:
     for threads in THREADS:
         for operation in ("get", "overwrite"):
             per_thread = max(20, calls // threads)
-            mine = _threaded_rate(handler, threads, per_thread, operation)
-            floor = _threaded_rate(raw, threads, per_thread, operation)
+            mine, _ = threaded_rate(handler, threads, per_thread, operation)
+            floor, _ = threaded_rate(raw, threads, per_thread, operation)
             lines.append(
                 f"    {threads:>2} thread{'s' if threads > 1 else ' '} {operation:<10}"
                 f"{mine:>10,.0f}{floor:>10,.0f}{mine / floor:>8.2f}"
@@ -205,7 +204,7 @@ def _chunk(store: KeyValue, operation: str, keys: list[tuple[str, str]], tag: st
     return elapsed / (2 if operation == "compare-and-set" else 1)
 
 
-def paired(tables: _Tables, rounds: int = 60, calls: int = 40) -> str:
+def paired(tables: Tables, rounds: int = 60, calls: int = 40) -> str:
     """Compare handler and floor in short alternating chunks, as paired ratios.
 
     On a machine shared with other work the load drifts within seconds; chunks of the two
@@ -244,7 +243,7 @@ def paired(tables: _Tables, rounds: int = 60, calls: int = 40) -> str:
     return "\n".join(lines)
 
 
-def large_values(tables: _Tables, calls: int = 10) -> str:
+def large_values(tables: Tables, calls: int = 10) -> str:
     """Measure set, compare-and-set and get of 4 MiB values, beside the raw statements.
 
     :param tables: Where to make the tables.
@@ -279,7 +278,7 @@ def large_values(tables: _Tables, calls: int = 10) -> str:
     return "\n".join(lines)
 
 
-def listing(tables: _Tables, keys: int) -> str:
+def listing(tables: Tables, keys: int) -> str:
     """Measure a full listing of ``keys`` entries: rate and peak Python memory.
 
     :param tables: Where to make the table.
@@ -324,7 +323,7 @@ def suites(keys: int) -> Iterator[Suite]:
     dsn = os.environ.get(DSN_VARIABLE) or DEFAULT_DSN
     if not _reachable(dsn):
         return
-    tables = _Tables(dsn)
+    tables = Tables(dsn)
     try:
         yield Suite(
             title=f"postgresql on the local server, {keys:,} keys",

@@ -16,7 +16,6 @@ import base64
 import contextlib
 import os
 import random
-import threading
 import time
 import uuid
 import weakref
@@ -28,8 +27,8 @@ import pydantic
 import redis
 from redis.connection import Connection
 
-from benchmarks.suite import Suite
-from grove.caches.benchmark import OPERATIONS, KeyValue, Workload
+from benchmarks.suite import Suite, threaded_rate
+from grove.caches.benchmark import OPERATIONS, Workload
 from grove.caches.redis import _SET_IF_EQUAL, Configuration, Handler, entry_key
 from grove.exceptions import DataFormatException, NotFoundException
 
@@ -164,35 +163,6 @@ def round_trips(url: str) -> str:
     return "\n".join(lines)
 
 
-def _threaded_rate(store: KeyValue, threads: int, calls: int, operation: str) -> tuple[float, int]:
-    """Calls per second of ``threads`` threads sharing ``store``, and the errors met."""
-    keys = [(f"threads.{index % 50}", f"sk{index}") for index in range(threads)]
-    for pk, sk in keys:
-        store.set(pk, sk, "v" * 64)
-    barrier = threading.Barrier(threads + 1)
-    errors = Counter[str]()
-
-    def work(pk: str, sk: str) -> None:
-        barrier.wait()
-        for _ in range(calls):
-            try:
-                if operation == "get":
-                    store.get(pk, sk)
-                else:
-                    store.set(pk, sk, "w" * 64)
-            except Exception as exc:
-                errors[type(exc).__name__] += 1
-
-    workers = [threading.Thread(target=work, args=key) for key in keys]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    return threads * calls / (time.perf_counter() - started), sum(errors.values())
-
-
 def thread_throughput(url: str, calls: int = 2000) -> str:
     """Measure 1, 8 and 50 threads sharing one handler, beside one shared raw client.
 
@@ -208,8 +178,8 @@ def thread_throughput(url: str, calls: int = 2000) -> str:
     for threads in THREADS:
         for operation in ("get", "overwrite"):
             per_thread = max(40, calls // threads)
-            mine, errors = _threaded_rate(handler, threads, per_thread, operation)
-            floor, _ = _threaded_rate(raw, threads, per_thread, operation)
+            mine, errors = threaded_rate(handler, threads, per_thread, operation)
+            floor, _ = threaded_rate(raw, threads, per_thread, operation)
             lines.append(
                 f"    {threads:>2} thread{'s' if threads > 1 else ' '} {operation:<10}"
                 f"{mine:>10,.0f}{floor:>10,.0f}{mine / floor:>8.2f}{errors:>6}"

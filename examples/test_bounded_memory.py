@@ -1,7 +1,7 @@
 """The bounded_memory handler's own tests: the shipped conformance suite, plus its limit.
 
 Run them with ``pytest examples/test_bounded_memory.py`` (``pip install
-'grove-caches[test]'`` brings pytest and hypothesis). The repository's suite runs them
+'grove-caches[testing]'`` brings pytest and hypothesis). The repository's suite runs them
 too (``tests/test_example_handler.py``), so the example cannot rot.
 """
 

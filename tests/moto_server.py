@@ -26,9 +26,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
 
-from benchmarks.moto_server import UNSET, MotoServer, fake_credentials
 from grove.caches.atomic import Clock
 from grove.caches.aws_dynamodb import Configuration, Handler
+from tests.moto_process import UNSET, MotoServer, fake_credentials
 
 
 @pytest.fixture(scope="session")

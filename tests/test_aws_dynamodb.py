@@ -21,15 +21,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto_server import (
-    Answer,
-    LoopbackEndpoint,
-    Request,
-    count_requests,
-    dynamodb_error,
-    dynamodb_error_answer,
-    make_handler,
-)
 
 import grove.caches
 from grove.caches import BaseCache, CacheEntry
@@ -46,6 +37,15 @@ from grove.exceptions import (
     ConfigurationException,
     DataFormatException,
     NotFoundException,
+)
+from tests.moto_server import (
+    Answer,
+    LoopbackEndpoint,
+    Request,
+    count_requests,
+    dynamodb_error,
+    dynamodb_error_answer,
+    make_handler,
 )
 
 CONFORMANCE_TABLE = "grove-conformance"

@@ -22,12 +22,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto_server import count_requests, fake_answer, make_handler
 
 from grove.caches import CacheEntry
 from grove.caches.aws_dynamodb import INLINE_VALUE_BYTES, MAX_VALUE_BYTES, Handler
 from grove.caches.testing import ManualClock
 from grove.exceptions import DataFormatException, NotFoundException
+from tests.moto_server import count_requests, fake_answer, make_handler
 
 MiB = 1024 * 1024
 CHUNK_PREFIX = "grove.caches.chunk."
@@ -458,6 +458,7 @@ def _killed_writer(url: str, table: str, value: str, kill_before: str) -> None:
     cache.set("killed", "v", value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_before", ["head", "cleanup"])
 def test_writer_killed_between_steps(moto_endpoint: str, table: str, kill_before: str) -> None:
     cache = make_handler(moto_endpoint, table)

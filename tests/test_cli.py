@@ -28,11 +28,11 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from benchmarks.moto_server import fake_credentials
 from grove.caches import BaseCache, create
 from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseLost
 from grove.caches.testing import HOSTILE_KEYS
 from grove.cli import ExitCode, _masked_settings, main
+from tests.moto_process import fake_credentials
 
 GROVE_CACHE = str(Path(sys.executable).parent / "grove-cache")
 
@@ -389,6 +389,7 @@ def test_masked_settings_hide_secrets() -> None:
     assert shown == {"url": "postgres://127.0.0.1/db", "password": "********"}
 
 
+@pytest.mark.slow
 def test_migrate_round_trip_ends_identical(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """local_file -> aws_dynamodb -> local_sqlite -> local_file, 10,000 entries."""
     entries = sorted(

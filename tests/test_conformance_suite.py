@@ -134,6 +134,7 @@ BROKEN_HANDLERS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_suite_fails_each_broken_handler_on_its_fault(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_broken=BROKEN_HANDLERS)
     result = pytester.inline_run("-p", "no:cacheprovider", "-W", "error")
@@ -167,3 +168,43 @@ def test_suite_fails_each_broken_handler_on_its_fault(pytester: pytest.Pytester)
         "test_constraint_never_matches_an_expired_entry",
         "test_deleting_an_expired_entry",
     } <= failures["TestExpiredStillCounts"]
+
+
+TWO_STORES = textwrap.dedent(
+    """
+    import functools
+
+    import pytest
+
+    from grove.caches.local_sqlite import Configuration, Handler
+    from grove.caches.testing import SharedCacheConformance
+
+
+    def handler_on(path):
+        return Handler(Configuration(path=path))
+
+
+    class TestFactoryOnAnotherStore(SharedCacheConformance):
+        process_timeout = 600.0
+
+        @pytest.fixture
+        def cache(self, tmp_path):
+            return handler_on(str(tmp_path / "one.db"))
+
+        @pytest.fixture
+        def cache_factory(self, tmp_path):
+            return functools.partial(handler_on, str(tmp_path / "two.db"))
+    """
+)
+
+
+def test_a_factory_on_another_store_fails_before_any_process_starts(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_two_stores=TWO_STORES)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-W", "error", "-k", "processes"
+    )
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*cache_factory*makes handlers on another store*not found*"])
+    assert result.duration < 60

@@ -17,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto_server import make_handler
-from test_atomic import DictCache
 
-import benchmarks.lease as lease_benchmark
 from grove.caches import BaseCache, local_file, local_sqlite
 from grove.caches.atomic import Expected, Outcome
 from grove.caches.lease import FENCE_SUFFIX, Lease, LeaseValue, default_owner, parse_value
@@ -33,6 +30,8 @@ from grove.caches.testing import (
     lease_violations,
 )
 from grove.exceptions import AccessException, DataFormatException
+from tests.moto_server import make_handler
+from tests.test_atomic import DictCache
 
 # -- the conformance section on every handler -------------------------------------------
 
@@ -367,22 +366,3 @@ def test_the_fenced_resource_refuses_older_tokens(tmp_path: Path) -> None:
     assert not resource.write(4, "a")
     assert resource.accepted() == [(3, "a"), (3, "a"), (5, "b")]
     assert resource.rejected() == [(4, "a")]
-
-
-# -- the benchmark ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("opener", "acquire_calls"),
-    [(lease_benchmark.memory, {"set": 2}), (lease_benchmark.files, {"get": 1, "set": 1})],
-    ids=["local_memory", "local_file"],
-)
-def test_the_benchmark_counts_the_calls_of_each_operation(
-    opener: lease_benchmark.Opener, acquire_calls: dict[str, int]
-) -> None:
-    rows = lease_benchmark.measure(opener, cycles=10, repeats=1)
-    assert [row.operation for row in rows] == ["acquire", "renew", "release"]
-    assert [dict(row.calls) for row in rows] == [acquire_calls, {"set": 1}, {"set": 1}]
-    assert all(row.ops_per_second > 0 and row.raw_ops_per_second > 0 for row in rows)
-    table = lease_benchmark.format_rows("title", rows)
-    assert "acquire" in table and "ratio" in table

@@ -39,7 +39,7 @@ from grove.caches.testing import (
     HOSTILE_KEYS,
     ListingConformance,
     SharedCacheConformance,
-    _increment_until,
+    increment_until,
 )
 from grove.caches.validation import MAX_KEY_BYTES
 from grove.exceptions import (
@@ -532,6 +532,7 @@ def _assert_whole_version(value: str) -> int:
     return number
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> None:
     """SIGKILL a writer of 1 MiB values at random moments; every read is one whole version.
 
@@ -834,10 +835,10 @@ def _increment_with_a_pause(
     path: str, pk: str, sk: str, count: int, paused: Any, resume: Any, results: Any
 ) -> None:
     cache = Handler(Configuration(path=path, fsync=False))
-    _increment_until(cache, pk, sk, count // 2)
+    increment_until(cache, pk, sk, count // 2)
     paused.set()
     resume.wait()
-    _increment_until(cache, pk, sk, count - count // 2)
+    increment_until(cache, pk, sk, count - count // 2)
     results.put("done")
 
 
@@ -847,7 +848,7 @@ def _increment_when_told(
     cache = Handler(Configuration(path=path, fsync=False))
     ready.set()
     resume.wait()
-    _increment_until(cache, pk, sk, count)
+    increment_until(cache, pk, sk, count)
     results.put("done")
 
 

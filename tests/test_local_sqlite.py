@@ -22,9 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.local_sqlite import BulkLoadedHandler, ExpiringHandler
 from grove.caches import BaseCache, CacheEntry, load, local_sqlite
-from grove.caches.benchmark import Workload, measure
 from grove.caches.local_sqlite import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -927,11 +925,3 @@ def test_sweep_keeps_an_entry_written_again_since_it_was_found(tmp_path: Path) -
         "DELETE",
         "COMMIT",
     ]
-
-
-def test_the_benchmarks_ttl_subject_writes_only_expiring_entries() -> None:
-    with_ttl, without = ExpiringHandler("normal"), BulkLoadedHandler("normal")
-    measure({"with ttl": with_ttl, "without": without}, Workload(keys=30, calls=60, repeats=1))
-    expiring = [with_ttl.handler.expires_at(pk, sk) for pk, sk, _ in with_ttl.handler.entries()]
-    assert len(expiring) == 30 and None not in expiring
-    assert {without.expires_at(pk, sk) for pk, sk, _ in without.entries()} == {None}

@@ -23,19 +23,10 @@ from typing import Any
 import psycopg
 import pydantic
 import pytest
-from postgresql_server import (
-    Cluster,
-    drop_table,
-    free_port,
-    fresh_table_name,
-    make_handler,
-)
 from psycopg import sql
 
-from benchmarks.postgresql import BulkLoadedHandler, RawStatements, _Tables
 from grove.caches import BaseCache, CacheEntry, load
 from grove.caches import postgresql as module
-from grove.caches.benchmark import OPERATIONS, Workload, measure
 from grove.caches.postgresql import SCHEMA_VERSION, Configuration, Handler, mask_dsn
 from grove.caches.testing import (
     ExpiryConformance,
@@ -51,6 +42,13 @@ from grove.exceptions import (
     DataFormatException,
     GroveException,
     NotFoundException,
+)
+from tests.postgresql_server import (
+    Cluster,
+    drop_table,
+    free_port,
+    fresh_table_name,
+    make_handler,
 )
 
 
@@ -957,30 +955,3 @@ def test_the_same_handler_works_again_when_the_server_is_back(postgresql_cluster
     cache.set("pk", "sk", "after", constraint="before")
     assert cache.get("pk", "sk") == "after"
     cache.close()
-
-
-# -- the benchmark's subjects --------------------------------------------------------
-
-
-def test_benchmark_subjects_measure_keep_their_keys_and_drop_their_tables(
-    postgresql_dsn: str,
-) -> None:
-    tables = _Tables(postgresql_dsn)
-    handler, raw = BulkLoadedHandler(tables), RawStatements(tables)
-    try:
-        workload = Workload(keys=30, calls=40, repeats=1)
-        results = measure({"handler": handler, "floor": raw}, workload)
-        assert all(list(result) == list(OPERATIONS) for result in results.values())
-        assert len(list(handler.entries())) == 30
-        count = raw.connection.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(raw.table)).as_string()
-        ).fetchone()
-        assert count == (30,)
-    finally:
-        handler.close()
-        raw.connection.close()
-        names = list(tables.names)
-        tables.drop()
-    with _raw(postgresql_dsn) as connection:
-        for name in names:
-            assert connection.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)

@@ -62,7 +62,7 @@ def test_scripts_the_readme_names_exist_and_are_wired() -> None:
     assert os.access(ROOT / "scripts" / "docs", os.X_OK)
     assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_script = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
-    assert "'.[all,test,bench,docs]'" in test_script
+    assert "'.[all,testing,bench,docs]'" in test_script
     assert test_script.rstrip().endswith("scripts/docs")
 
 

@@ -26,12 +26,6 @@ import pydantic
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_server import (
-    RedisServer,
-    fresh_prefix,
-    remove_prefix,
-    require_shared_server,
-)
 
 import grove.caches
 from grove.caches import BaseCache, CacheEntry
@@ -56,6 +50,12 @@ from grove.exceptions import (
     ConfigurationException,
     DataFormatException,
     NotFoundException,
+)
+from tests.redis_server import (
+    RedisServer,
+    fresh_prefix,
+    remove_prefix,
+    require_shared_server,
 )
 
 PASSWORD = "s3cret-Pa55"

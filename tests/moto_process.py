@@ -1,6 +1,6 @@
 """A local DynamoDB-compatible server: moto's WSGI app, served single-threaded.
 
-Used by the benchmarks and (through ``tests/moto_server.py``) by the tests. The server
+Used by the tests (through :mod:`tests.moto_server`) and by the benchmarks. The server
 runs in a child process on a free loopback port and serves one request at a time:
 moto's threaded server does not serialise the check and the write of a conditional
 update, so two racing ``not_set`` writers could both win inside the emulator. Served

@@ -1,0 +1,1 @@
+"""The project's own tests (the shipped conformance suite is grove.caches.testing)."""
