@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
+from benchmarks.expiry import WithTtl
 from benchmarks.suite import Suite, threaded_rate
 from grove.caches.aws_dynamodb import Configuration, Handler
 from grove.caches.benchmark import Workload
@@ -81,25 +82,6 @@ class RawClient:
 
     def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
         self.client.delete_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": sk}})
-
-
-class WithTtl:
-    """The handler, with every ``set`` given a time to live of an hour."""
-
-    def __init__(self, handler: Handler, ttl: float = 3600.0) -> None:
-        self.handler = handler
-        self.ttl = ttl
-
-    def get(self, pk: str, sk: str) -> str:
-        return self.handler.get(pk, sk)
-
-    def set(
-        self, pk: str, sk: str, value: str, not_set: bool = False, constraint: str | None = None
-    ) -> None:
-        self.handler.set(pk, sk, value, not_set, constraint, ttl=self.ttl)
-
-    def delete(self, pk: str, sk: str, constraint: str | None = None) -> None:
-        self.handler.delete(pk, sk, constraint)
 
 
 def _handler(url: str, table: str) -> Handler:
@@ -252,7 +234,9 @@ def suites(keys: int) -> Iterator[Suite]:
                 floor=lambda: RawClient(url, _fresh_table(url)),
                 workload=Workload(keys=keys, calls=300, repeats=3),
                 targets={"get hit": 0.8, "overwrite": 0.8, "compare-and-set": 0.8},
-                extra_floors={"with ttl": lambda: WithTtl(_handler(url, _fresh_table(url)))},
+                extra_floors={
+                    "with ttl": lambda: WithTtl(_handler(url, _fresh_table(url)), ttl=3600.0)
+                },
                 report=lambda: "\n".join(
                     [requests_per_call(url), thread_throughput(url), large_values(url)]
                 ),

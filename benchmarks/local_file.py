@@ -11,7 +11,8 @@ conditional set reads and compares first. They differ in how they write:
   directory after it (and of the parent after creating a directory).
 
 The fsync-off table also measures the handler with its lock replaced by a no-op, so the
-ratio to it is what the lock costs. Scratch directories are made under ``$TMPDIR`` (or
+ratio to it is what the lock costs, and is followed by the price of expiry
+(:mod:`benchmarks.expiry`). Scratch directories are made under ``$TMPDIR`` (or
 ``GROVE_BENCH_DIR``), which should be on a disk-backed file system: on tmpfs ``fsync`` is
 free. A durable write costs a disk flush, so the fsync-on tables hold at most
 :data:`DURABLE_KEYS` entries: filling 100,000 would take minutes and measure nothing
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 
 from typing_extensions import override
 
+from benchmarks.expiry import expiry_report
 from benchmarks.suite import Suite
 from grove.caches.benchmark import Workload
 from grove.caches.local_file import Configuration, Handler
@@ -189,13 +191,17 @@ def suites(keys: int) -> Iterator[Suite]:
         fsync on).
     :return: Two suites.
     """
+    workload = Workload(keys=keys, calls=1_000, repeats=7)
     yield Suite(
         title=f"local_file fsync=off, {keys:,} keys, floor = write+rename",
         subject=lambda: handler(fsync=False),
         floor=RawRename,
-        workload=Workload(keys=keys, calls=1_000, repeats=7),
+        workload=workload,
         targets={"get hit": 0.8, "set new": 0.7, "overwrite": 0.7, "compare-and-set": 0.7},
         extra_floors={"open/write/close": RawWrite, "handler without lock": unlocked_handler},
+        report=lambda: expiry_report(
+            lambda: handler(fsync=False), workload, "local_file fsync=off"
+        ),
     )
     durable_keys = min(keys, DURABLE_KEYS)
     yield Suite(

@@ -1,10 +1,14 @@
-"""local_memory against a bare dict wrapped in a method call with a threading.Lock."""
+"""local_memory against a bare dict wrapped in a method call with a threading.Lock.
+
+The table is followed by the price of expiry (:mod:`benchmarks.expiry`).
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 
+from benchmarks.expiry import expiry_report
 from benchmarks.suite import Suite
 from grove.caches.benchmark import Workload
 from grove.caches.local_memory import Handler
@@ -42,10 +46,12 @@ def suites(keys: int) -> Iterator[Suite]:
     :param keys: Entries in the store while measuring.
     :return: One suite.
     """
+    workload = Workload(keys=keys, calls=50_000)
     yield Suite(
         title=f"local_memory, {keys:,} keys",
         subject=Handler,
         floor=LockedDict,
-        workload=Workload(keys=keys, calls=50_000),
+        workload=workload,
         targets={"get hit": 0.5, "set new": 0.5, "overwrite": 0.5},
+        report=lambda: expiry_report(Handler, workload, "local_memory"),
     )

@@ -7,7 +7,8 @@ from the module, composed for its table) on one autocommit connection with psyco
 default preparation, binary parameters and results, and no checks, so the ratio is the
 cost of the handler's layer: argument rules, the pool, the connection check, encoding.
 After the table it prints 1, 8 and 50 threads sharing one handler beside the same threads
-sharing a raw ``psycopg_pool`` pool of the same size, 4 MiB values, and a full listing.
+sharing a raw ``psycopg_pool`` pool of the same size, 4 MiB values, a full listing, and
+the price of expiry (:mod:`benchmarks.expiry`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pydantic
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from benchmarks.expiry import expiry_report
 from benchmarks.suite import Suite, threaded_rate
 from grove.caches.benchmark import KeyValue, Workload
 from grove.caches.postgresql import Configuration, Handler, _Statements
@@ -324,12 +326,13 @@ def suites(keys: int) -> Iterator[Suite]:
     if not _reachable(dsn):
         return
     tables = Tables(dsn)
+    workload = Workload(keys=keys, calls=2_000, repeats=3)
     try:
         yield Suite(
             title=f"postgresql on the local server, {keys:,} keys",
             subject=functools.partial(BulkLoadedHandler, tables),
             floor=lambda: RawStatements(tables),
-            workload=Workload(keys=keys, calls=2_000, repeats=3),
+            workload=workload,
             targets={
                 "get hit": 0.8,
                 "get miss": 0.8,
@@ -345,6 +348,9 @@ def suites(keys: int) -> Iterator[Suite]:
                     thread_throughput(tables),
                     large_values(tables),
                     listing(tables, keys),
+                    expiry_report(
+                        functools.partial(BulkLoadedHandler, tables), workload, "postgresql"
+                    ),
                 ]
             ),
         )

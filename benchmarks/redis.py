@@ -7,7 +7,8 @@ pool of the same size, with no checks: ``GET``, ``SET``, ``SET NX``, ``DEL``, an
 handler's own compare-and-set script through ``register_script`` (``EVALSHA``), on the
 same key names. After the table it prints the commands each call sends (counted on the
 handler's connections), the throughput of 1, 8 and 50 threads sharing one handler (and
-one raw client) with the errors they met, and the speed of 1 and 4 MiB values.
+one raw client) with the errors they met, the speed of 1 and 4 MiB values, and the price
+of expiry (:mod:`benchmarks.expiry`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pydantic
 import redis
 from redis.connection import Connection
 
+from benchmarks.expiry import expiry_report
 from benchmarks.suite import Suite, threaded_rate
 from grove.caches.benchmark import OPERATIONS, Workload
 from grove.caches.redis import _SET_IF_EQUAL, Configuration, Handler, entry_key
@@ -233,11 +235,19 @@ def suites(keys: int) -> Iterator[Suite]:
     :return: One suite.
     """
     url = _url()
+    workload = Workload(keys=keys, calls=5000, repeats=3)
     yield Suite(
         title=f"redis at {url} (loopback), {keys:,} keys",
         subject=lambda: ScratchHandler(url),
         floor=lambda: RawRedis(url),
-        workload=Workload(keys=keys, calls=5000, repeats=3),
+        workload=workload,
         targets=dict.fromkeys(OPERATIONS, 0.8),
-        report=lambda: "\n".join([round_trips(url), thread_throughput(url), large_values(url)]),
+        report=lambda: "\n".join(
+            [
+                round_trips(url),
+                thread_throughput(url),
+                large_values(url),
+                expiry_report(lambda: ScratchHandler(url), workload, "redis"),
+            ]
+        ),
     )

@@ -10,6 +10,8 @@ from psycopg import sql
 
 from benchmarks import lease
 from benchmarks import postgresql as postgresql_benchmark
+from benchmarks.expiry import OPERATIONS as EXPIRY_OPERATIONS
+from benchmarks.expiry import expiry_report
 from benchmarks.local_memory import LockedDict
 from benchmarks.local_sqlite import BulkLoadedHandler, DiskCache, ExpiringHandler, RawSqlite
 from grove.caches.benchmark import OPERATIONS, Workload, compare, format_table, measure
@@ -128,3 +130,21 @@ def test_benchmark_subjects_measure_keep_their_keys_and_drop_their_tables(
     with psycopg.connect(postgresql_dsn, autocommit=True) as connection:
         for name in names:
             assert connection.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
+
+
+def test_the_expiry_report_fills_and_writes_only_expiring_entries() -> None:
+    made: list[Handler] = []
+
+    def make() -> Handler:
+        made.append(Handler())
+        return made[-1]
+
+    report = expiry_report(make, Workload(keys=20, calls=50, repeats=1), "memory")
+    assert report.startswith("expiry of memory: with ttl vs without")
+    assert report.count("target ") == len(EXPIRY_OPERATIONS)
+    with_ttl, without = made
+    for handler, expiring in ((with_ttl, True), (without, False)):
+        stored = [(pk, sk) for pk, partition in handler._partitions.items() for sk in partition]
+        assert len(stored) == 20
+        moments = {handler.expires_at(pk, sk) is not None for pk, sk in stored}
+        assert moments == {expiring}

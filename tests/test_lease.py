@@ -46,8 +46,9 @@ class TestLocalMemoryLease(LeaseConformance):
 
 class TestLocalFileLease(LeaseConformance):
     @pytest.fixture
-    def cache(self, tmp_path: Path) -> local_file.Handler:
-        handler = local_file.Handler(local_file.Configuration(path=str(tmp_path)))
+    def cache(self, tmp_path: Path, lease_clock: ManualClock) -> local_file.Handler:
+        config = local_file.Configuration(path=str(tmp_path))
+        handler = local_file.Handler(config, clock=lease_clock)
         handler.setup()
         return handler
 

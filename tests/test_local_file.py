@@ -24,21 +24,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grove.caches import CacheEntry, load, local_file
+from grove.caches import CacheEntry, load
 from grove.caches.local_file import (
     NAME_MAX,
     SUFFIX,
     Configuration,
+    EntryPath,
     Handler,
-    _Spot,
+    boundary,
     decode_components,
     encode_components,
     escape,
 )
+from grove.caches.local_file.framing import MAGIC
+from grove.caches.local_file.framing import encode as encode_frame
 from grove.caches.testing import (
     HOSTILE_KEYS,
+    ExpiryConformance,
     ListingConformance,
+    ManualClock,
     SharedCacheConformance,
+    SharedExpiryConformance,
     increment_until,
 )
 from grove.caches.validation import MAX_KEY_BYTES
@@ -50,14 +56,16 @@ from grove.exceptions import (
 )
 
 
-class TestLocalFileConformance(SharedCacheConformance, ListingConformance):
+class TestLocalFileConformance(
+    SharedCacheConformance, ListingConformance, ExpiryConformance, SharedExpiryConformance
+):
     process_workers = 4
     process_increments = 500
     process_racers = 8
 
     @pytest.fixture
-    def cache(self, tmp_path: Path) -> Handler:
-        handler = Handler(Configuration(path=str(tmp_path)))
+    def cache(self, tmp_path: Path, clock: ManualClock) -> Handler:
+        handler = Handler(Configuration(path=str(tmp_path)), clock=clock)
         handler.setup()
         return handler
 
@@ -134,10 +142,10 @@ def test_only_names_that_escaping_makes_decode(name: str) -> None:
     sk=st.text("AZaz09-._~/%", min_size=1, max_size=260),
 )
 def test_fast_path_for_plain_keys_agrees_with_escaping(pk: str, sk: str) -> None:
-    spot = _Spot(pk, sk)
+    entry = EntryPath(pk, sk)
     files = encode_components(sk, SUFFIX)
-    assert spot.directories == [*encode_components(pk, ""), *files[:-1]]
-    assert spot.file == files[-1]
+    assert entry.directories == [*encode_components(pk, ""), *files[:-1]]
+    assert entry.file == files[-1]
 
 
 @pytest.mark.parametrize(
@@ -513,13 +521,13 @@ def _version(number: int) -> str:
     return header + chr(ord("a") + number % 26) * (CRASH_VALUE_BYTES - len(header))
 
 
-def _overwrite_forever(path: str, fsync: bool, first: int, ready: int) -> None:
+def _overwrite_forever(path: str, fsync: bool, first: int, ready: int, ttl: float | None) -> None:
     """The writer: overwrite one entry with ever newer versions, until killed."""
     cache = Handler(Configuration(path=path, fsync=fsync))
     number = first
     while True:
         number += 1
-        cache.set("crash", "value", _version(number))
+        cache.set("crash", "value", _version(number), ttl=ttl)
         if number == first + 1:
             os.write(ready, b"!")
 
@@ -537,7 +545,8 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> Non
     """SIGKILL a writer of 1 MiB values at random moments; every read is one whole version.
 
     The writer is forked from this process (no interpreter start-up per round); the parent
-    waits until it has written once, lets it run a random while, and kills it.
+    waits until it has written once, lets it run a random while, and kills it. Every third
+    writer sets a ttl, so its files are frames: never torn either, expiry included.
     """
     assert threading.active_count() == 1, "fork needs a single-threaded test process"
     kills = 120
@@ -547,12 +556,13 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> Non
     leftovers = 0
     last = 0
     for round_number in range(kills):
+        ttl = 3600.0 if round_number % 3 == 0 else None
         ready_read, ready_write = os.pipe()
         writer = os.fork()
         if writer == 0:  # pragma: no cover - the writer runs until it is killed
             try:
                 os.close(ready_read)
-                _overwrite_forever(str(root), round_number % 2 == 0, last, ready_write)
+                _overwrite_forever(str(root), round_number % 2 == 0, last, ready_write, ttl)
             finally:
                 os._exit(1)
         os.close(ready_write)
@@ -566,6 +576,7 @@ def test_writer_killed_at_random_moments_leaves_a_whole_value(root: Path) -> Non
             _, status = os.waitpid(writer, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         last = _assert_whole_version(cache.get("crash", "value"))
+        assert (cache.expires_at("crash", "value") is None) == (ttl is None)
         assert [entry.pk for entry in cache.entries()] == ["crash"]
         leftovers += sum(1 for path in (root / "crash").iterdir() if path.name.startswith(".tmp."))
     # Some kills landed between a temporary file's creation and its rename.
@@ -613,10 +624,10 @@ LONG_KEY = "\u20ac" * 300  # escaped, longer than one file name: a chain of dire
 def resolving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways the handler opens paths: openat2 where the kernel has it, and the walk."""
     if request.param == "openat2":
-        if local_file._openat2() is None:
+        if boundary.openat2() is None:
             pytest.skip("openat2 is not available here (Linux 5.6 or later)")
     else:
-        monkeypatch.setattr(local_file, "_openat2", lambda: None)
+        monkeypatch.setattr(boundary, "openat2", lambda: None)
     return str(request.param)
 
 
@@ -1006,3 +1017,154 @@ def test_write_interrupted_while_waiting_for_the_lock_leaves_no_temporary(root: 
     assert os.waitstatus_to_exitcode(status) == 0, "the writer did not stop on SIGINT"
     assert os.listdir(root / "p") == ["s.cache"]  # its temporary file is gone
     assert cache.get("p", "s") == "old"
+
+
+# -- expiry (issue 13) -------------------------------------------------------------------
+
+_FRAME_OF_ANOTHER = encode_frame(b"another", 1_000_000.0).decode("utf-8")
+HOSTILE_VALUES = [
+    "",
+    "\x00",
+    "\x00\x00\x00",
+    MAGIC.decode("utf-8"),
+    MAGIC.decode("utf-8")[:-1],
+    MAGIC.decode("utf-8") + "never\n",
+    MAGIC.decode("utf-8") + "never\nvalue",
+    MAGIC.decode("utf-8") + "1e300\nvalue",
+    MAGIC.decode("utf-8") + "garbage",
+    _FRAME_OF_ANOTHER,
+    _FRAME_OF_ANOTHER * 2,
+    "plain " + _FRAME_OF_ANOTHER,
+    "caf\u00e9\r\n\x00",
+]
+
+
+def _file_of(root: Path, pk: str, sk: str) -> bytes:
+    return (root / pk / f"{sk}{SUFFIX}").read_bytes()
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=repr)
+@pytest.mark.parametrize("ttl", [None, 60.0], ids=["plain", "ttl"])
+def test_hostile_values_round_trip_and_are_never_metadata(
+    root: Path, value: str, ttl: float | None
+) -> None:
+    clock = ManualClock(start=1_700_000_000.0)
+    cache = Handler(Configuration(path=str(root), fsync=False), clock=clock)
+    cache.set("pk", "sk", value, ttl=ttl)
+    assert cache.get("pk", "sk") == value
+    assert list(cache.entries("pk")) == [CacheEntry("pk", "sk", value)]
+    moment = cache.expires_at("pk", "sk")
+    assert (moment and moment.timestamp()) == (None if ttl is None else 1_700_000_060.0)
+    data = _file_of(root, "pk", "sk")
+    if ttl is None and not value.encode().startswith(MAGIC):
+        assert data == value.encode()  # the upstream layout, byte for byte
+    else:
+        assert data.startswith(MAGIC) and data.endswith(value.encode())
+    cache.set("pk", "sk", value + "!", constraint=value, ttl=ttl)
+    cache.set("pk", "sk", value, constraint=value + "!")
+    with pytest.raises(DataFormatException):
+        cache.set("pk", "sk", "x", not_set=True)
+    clock.advance(3600)  # whatever the value holds, only a real frame expires
+    assert cache.get("pk", "sk") == value
+    assert cache.sweep_expired() == 0
+    cache.delete("pk", "sk", constraint=value)
+    with pytest.raises(NotFoundException):
+        cache.get("pk", "sk")
+
+
+def test_an_expiring_entry_rewritten_plain_is_the_upstream_file_again(
+    cache: Handler, root: Path
+) -> None:
+    cache.set("pointer.okta", "all", "2024-05-01T00:00:00Z", ttl=60)
+    assert _file_of(root, "pointer.okta", "all").startswith(MAGIC)
+    cache.set("pointer.okta", "all", "2024-05-02T00:00:00Z")
+    assert _file_of(root, "pointer.okta", "all") == b"2024-05-02T00:00:00Z"
+    assert tree(root) == ["pointer.okta", "pointer.okta/all.cache"]
+
+
+def test_an_upstream_file_starting_with_the_magic_is_read_as_a_frame(
+    cache: Handler, root: Path
+) -> None:
+    """The documented choice: the magic decides; a header that does not parse is corrupt.
+
+    Upstream writes values raw, so a value of its own starting with NUL and the magic
+    line would be read as a frame: a readable one as the value after its header, any
+    other as a corrupt entry (never its bytes in a message), which a plain set repairs.
+    """
+    (root / "pk").mkdir()
+    (root / "pk" / "framed.cache").write_bytes(MAGIC + b"never\nafter the header")
+    (root / "pk" / "broken.cache").write_bytes(MAGIC + b"secret token without a header end")
+    assert cache.get("pk", "framed") == "after the header"
+    with pytest.raises(AccessException, match=r"sk='broken'.*frame") as info:
+        cache.get("pk", "broken")
+    assert "secret" not in str(info.value)
+    with pytest.raises(AccessException, match="sk='broken'"):
+        cache.expires_at("pk", "broken")
+    with pytest.raises(AccessException, match="sk='broken'"):
+        list(cache.entries("pk"))
+    broken = (MAGIC + b"secret token without a header end").decode()
+    with pytest.raises(DataFormatException):
+        cache.set("pk", "broken", "new", constraint=broken)
+    with pytest.raises(DataFormatException):
+        cache.set("pk", "broken", "new", not_set=True)
+    assert cache.sweep_expired() == 0
+    cache.set("pk", "broken", "repaired")
+    assert cache.get("pk", "broken") == "repaired"
+
+
+def test_expiry_is_the_callers_clock_in_epoch_seconds(root: Path) -> None:
+    early = Handler(Configuration(path=str(root)), clock=ManualClock(start=1_000_000.0))
+    late = Handler(Configuration(path=str(root)), clock=ManualClock(start=1_000_100.0))
+    early.set("pk", "sk", "v", ttl=60)
+    assert _file_of(root, "pk", "sk") == MAGIC + b"1000060.0\nv"
+    assert early.get("pk", "sk") == "v"  # each caller decides by its own clock
+    with pytest.raises(NotFoundException):
+        late.get("pk", "sk")
+    assert early.sweep_expired() == 0
+    assert late.sweep_expired() == 1
+    assert tree(root) == ["pk"]
+
+
+def test_setup_and_tidy_remove_expired_files(root: Path) -> None:
+    clock = ManualClock()
+    cache = Handler(Configuration(path=str(root), fsync=False), clock=clock)
+    long_pk = "\u20ac" * 300
+    cache.set("pk", "gone", "v", ttl=10)
+    cache.set(long_pk, "gone", "v", ttl=10)
+    cache.set("pk", "kept", "v", ttl=1000)
+    cache.set("pk", "plain", "v")
+    clock.advance(20)
+    cache.setup()
+    assert sorted(path for path in tree(root) if path.endswith(SUFFIX)) == [
+        "pk/kept.cache",
+        "pk/plain.cache",
+    ]
+    clock.advance(1000)
+    assert cache.tidy() == 1
+    assert sorted(cache.entries()) == [CacheEntry("pk", "plain", "v")]
+
+
+def test_sweep_keeps_a_file_written_again_before_it_took_the_lock(root: Path) -> None:
+    """The sweep reads the file again under the lock: a writer that got there first wins."""
+    clock = ManualClock()
+    rewritten: list[int] = []
+
+    def rewrite_then_lock(descriptor: Any, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not rewritten:
+            # Another process renames a plain value over the entry just before the lock.
+            (root / "pk" / ".tmp.other").write_bytes(b"w")
+            os.rename(root / "pk" / ".tmp.other", root / "pk" / f"a{SUFFIX}")
+            rewritten.append(descriptor)
+        fcntl.flock(descriptor, operation)
+
+    class Racing(Handler):
+        _flock = staticmethod(rewrite_then_lock)
+
+    cache = Racing(Configuration(path=str(root), fsync=False), clock=clock)
+    cache.set("pk", "a", "v", ttl=10)
+    clock.advance(20)
+    rewritten.clear()
+    assert cache.sweep_expired() == 0
+    assert rewritten
+    assert cache.get("pk", "a") == "w"
+    assert cache.expires_at("pk", "a") is None
