@@ -1,17 +1,24 @@
-"""Run the benchmarks: ``python -m benchmarks.run [HANDLER ...] [--keys N ...]``.
+"""Run the benchmarks: ``python -m benchmarks.run [HANDLER ...] [--keys N ...] [--json FILE]``.
 
 Prints, per handler and operation, ops/s and p50/p99 latency beside the floor measured in
 the same run, the ratio, and whether it meets the handler's target. Timings never fail
-anything: the exit code is 0 unless the benchmark itself breaks.
+anything: the exit code is 0 unless the benchmark itself breaks. ``--json FILE`` also
+writes every measurement to FILE (the input of ``benchmarks/plot.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import importlib
+import json
+import os
+import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from benchmarks.suite import Suite
 from grove.caches.benchmark import Measurement, compare, format_table, measure
@@ -38,10 +45,12 @@ def _scaled(
     return scaled
 
 
-def run_suite(suite: Suite) -> str:
+def run_suite(suite: Suite, record: list[dict[str, Any]] | None = None) -> str:
     """Measure one suite and render its table with the targets.
 
     :param suite: What to measure.
+    :param record: When given, the suite's measurements are appended to it, as
+        :func:`suite_record` makes them.
     :return: The report text.
     """
     subjects = {"handler": suite.subject(), "floor": suite.floor()}
@@ -49,6 +58,8 @@ def run_suite(suite: Suite) -> str:
     results = measure(subjects, suite.workload)
     for name, run in suite.external.items():
         results[name] = _scaled(run(suite.workload), results["floor"])
+    if record is not None:
+        record.append(suite_record(suite, results))
     lines = [format_table("handler", "floor", results).replace("handler vs floor", suite.title)]
     for name in [*suite.extra_floors, *suite.external]:
         ratios = compare("handler", name, results)
@@ -66,6 +77,51 @@ def run_suite(suite: Suite) -> str:
     return "\n".join(lines)
 
 
+def suite_record(suite: Suite, results: dict[str, dict[str, Measurement]]) -> dict[str, Any]:
+    """Describe one suite's measurements as JSON-ready data.
+
+    :param suite: What was measured.
+    :param results: What :func:`~grove.caches.benchmark.measure` returned for it.
+    :return: ``{"title", "workload", "results": {subject: {operation: {...}}}}``.
+    """
+    return {
+        "title": suite.title,
+        "workload": dataclasses.asdict(suite.workload),
+        "results": {
+            subject: {
+                operation: {
+                    "ops_per_second": measurement.ops_per_second,
+                    "p50_us": measurement.p50_us,
+                    "p99_us": measurement.p99_us,
+                }
+                for operation, measurement in measurements.items()
+            }
+            for subject, measurements in results.items()
+        },
+    }
+
+
+def write_results(path: Path, suites: list[dict[str, Any]]) -> None:
+    """Write the measurements of a run, with what the machine was, as JSON.
+
+    :param path: The file to write (replaced whole).
+    :param suites: The suites' records, as :func:`suite_record` makes them.
+    """
+    document = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {
+            "python": platform.python_version(),
+            "system": platform.platform(terse=True),
+            "cpus": os.cpu_count(),
+            "load_average": [round(load, 2) for load in os.getloadavg()],
+        },
+        "suites": suites,
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and print a report for each chosen handler.
 
@@ -77,13 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keys", type=int, action="append", help="store sizes to measure (default: 1000)"
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every measurement to FILE"
+    )
     arguments = parser.parse_args(argv)
+    record: list[dict[str, Any]] | None = [] if arguments.json else None
     for handler in arguments.handlers or HANDLERS:
         module = importlib.import_module(f"benchmarks.{handler}")
         for keys in arguments.keys or [1_000]:
             for suite in module.suites(keys):
-                print(run_suite(suite), flush=True)
+                print(run_suite(suite, record), flush=True)
                 print()
+                if record is not None:  # after each suite, so a long run keeps what it did
+                    write_results(arguments.json, record)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Runnable examples: a collector, an operator session, a third-party handler."""
