@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from grove.caches import CacheEntry
+from grove.caches import CacheEntry, Listing
 from grove.caches.atomic import (
     ABSENT,
     ANY,
@@ -57,18 +57,20 @@ class Configuration(HandlerConfiguration):
     )
 
 
-class Handler(AtomicCache):
+class Handler(AtomicCache, Listing):
     """Entries in a dict owned by this instance, at most ``max_entries`` of them.
 
     :param config: The settings; read from the environment when ``None``, as
         ``load()`` does.
     """
 
+    configuration = Configuration  # what load(), --config and doctor read
+    config: Configuration
     driver_errors = (StoreFullError,)  # become AccessException, with this as the cause
     reports_current = True  # every refusal says what was stored (Refused)
 
     def __init__(self, config: Configuration | None = None) -> None:
-        self.config = config or Configuration.from_environment()
+        super().__init__(config)  # reads the environment when config is None
         self._store: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 

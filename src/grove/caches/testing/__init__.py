@@ -3,7 +3,7 @@
 It checks the contract of ``DESIGN.md`` on a real handler: every row of the semantics
 table, the key and value rules, the error types, a property-based comparison with a dict
 model, and contention between threads (and, for stores shared between processes,
-between processes). It needs ``pytest`` and ``hypothesis`` (the ``test`` extra).
+between processes). It needs ``pytest`` and ``hypothesis`` (the ``testing`` extra).
 
 Use it from a handler's own tests by subclassing and providing a ``cache`` fixture that
 yields a ready handler::
