@@ -228,20 +228,6 @@ class AtomicCache(BaseCache):
                 "listing", exc, where=scope if (pk or prefix) else "all entries"
             ) from exc
 
-    def _check_ttl(self, ttl: object) -> float:
-        """Check ``ttl`` and that this handler can expire entries.
-
-        :param ttl: The ``ttl`` argument of :meth:`set`.
-        :raises TypeError: It is not seconds or a timedelta.
-        :raises ValueError: It is out of range.
-        :raises NotImplementedError: This handler has no expiry ability.
-        :return: The time to live in seconds.
-        """
-        seconds = check_ttl(ttl)
-        if not self.supports_expiry():
-            raise NotImplementedError(f"{self.location()} cannot expire entries (ttl given)")
-        return seconds
-
     def _write_expiring(
         self, pk: str, sk: str, value: str, expected: Expected, ttl: float
     ) -> Outcome:
@@ -250,9 +236,10 @@ class AtomicCache(BaseCache):
         :class:`ExpiringCache` declares it abstract; :meth:`set` calls it only on
         handlers that have the ability.
 
-        :raises NotImplementedError: Always, here.
+        :raises NotImplementedError: Always, here: :meth:`set` was given ``ttl`` on a
+            handler without the expiry ability.
         """
-        raise NotImplementedError(f"{self.location()} cannot expire entries")
+        raise NotImplementedError(f"{self.location()} cannot expire entries (ttl given)")
 
     def _classify(self, operation: str, exc: Exception) -> tuple[type[GroveException], str]:
         """Say what a driver error means: the exception to raise and what to say.
@@ -384,7 +371,7 @@ class AtomicCache(BaseCache):
             except self.driver_errors as exc:
                 raise self._failure("set", exc, pk, sk) from exc
         else:
-            seconds = self._check_ttl(ttl)
+            seconds = check_ttl(ttl)
             try:
                 written = self._write_expiring(pk, sk, value, expected, seconds)
             except self.driver_errors as exc:

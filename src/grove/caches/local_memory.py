@@ -123,12 +123,21 @@ class Handler(ExpiringCache, Listing):
         self, pk: str, sk: str, value: str, expected: Expected, ttl: float
     ) -> Outcome:
         """Atomic: the check and the write of value and expiry happen under the lock."""
-        with self._lock:
+        deadline = self._clock() + ttl  # read before the lock: a clock may be slow
+        lock = self._lock
+        lock.acquire()
+        try:
             if expected is not ANY and (current := self._live(pk, sk)) != expected:
                 return Refused(current)
-            self._partitions.setdefault(pk, {})[sk] = value
-            self._expiry[(pk, sk)] = self._clock() + ttl
+            partition = self._partitions.get(pk)
+            if partition is None:
+                self._partitions[pk] = {sk: value}
+            else:
+                partition[sk] = value
+            self._expiry[(pk, sk)] = deadline
             return True
+        finally:
+            lock.release()
 
     @override
     def _remove(self, pk: str, sk: str, expected: ExpectedToRemove) -> Outcome:

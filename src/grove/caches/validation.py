@@ -155,7 +155,9 @@ def check_ttl(ttl: object) -> float:
     :raises ValueError: ``ttl`` is not a finite number above zero and at most ten years.
     :return: The time to live in seconds.
     """
-    if isinstance(ttl, timedelta):
+    if type(ttl) is float or type(ttl) is int:  # the common case first: set() is hot
+        seconds = float(ttl)
+    elif isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
         seconds = float(ttl)
