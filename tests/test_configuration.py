@@ -1,5 +1,6 @@
 """Handler settings: unknown names, where a bad value came from, '~', the handler variable."""
 
+import traceback
 from pathlib import Path
 
 import pydantic
@@ -69,3 +70,17 @@ def test_a_leading_tilde_is_the_home_directory(
     assert configuration(path="~").path == str(tmp_path)  # type: ignore[attr-defined]
     assert configuration(path="a/~/x").path == "a/~/x"  # type: ignore[attr-defined]
     assert configuration(path="$HOME/x").path == "$HOME/x"  # type: ignore[attr-defined]
+
+
+def test_a_rejected_value_is_never_repeated_in_the_chained_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A mistyped setting may hold a token: neither the message nor its cause repeats it."""
+    secret = "tok-3f9a-not-a-bool"
+    monkeypatch.setenv("GROVE_CACHE_LOCAL_FILE_FSYNC", secret)
+    with pytest.raises(ConfigurationException) as info:
+        local_file.Configuration.from_environment(path=str(tmp_path))
+    assert "GROVE_CACHE_LOCAL_FILE_FSYNC" in str(info.value)
+    shown = "".join(traceback.format_exception(info.value))
+    assert isinstance(info.value.__cause__, pydantic.ValidationError)
+    assert secret not in shown

@@ -37,7 +37,11 @@ class HandlerConfiguration(BaseSettings):
     variable names are case-insensitive.
     """
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="forbid")
+    # A bad value may be a password or a token: pydantic's error, chained as the cause
+    # of ConfigurationException, must not repeat it (tracebacks and logs show causes).
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="forbid", hide_input_in_errors=True
+    )
 
     @classmethod
     def env_name(cls, field: str) -> str:

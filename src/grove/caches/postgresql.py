@@ -644,7 +644,8 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Closing):
     def _missing_table(self) -> ConfigurationException:
         return ConfigurationException(
             f"{Configuration.env_name('table')}: {self.location()} does not exist; create it "
-            "with 'grove-cache init' or Handler.create_storage() (see the README for the SQL)"
+            "with 'grove-cache init' or Handler.create_storage() "
+            "(the SQL is in the documentation, Handlers in depth: postgresql)"
         )
 
     @override

@@ -27,7 +27,7 @@ class Configuration(HandlerConfiguration):
     model_config = SettingsConfigDict(env_prefix="GROVE_CACHE_LOCAL_FILE_")
 
     path: ExpandedPath = Field(
-        min_length=1, description="The directory holding the cache; it must exist."
+        min_length=1, description="The directory holding the cache; created (0700) when missing."
     )
     fsync: bool = Field(
         default=True,
