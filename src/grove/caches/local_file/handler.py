@@ -85,14 +85,18 @@ from grove.caches.local_file.boundary import (
     FS_ENCODING,
     HOW_SIZE,
     NR_OPENAT2,
-    READ_CHUNK,
     READ_HOW_REFERENCE,
     Boundary,
     diagnose,
     make_directories,
     named,
 )
-from grove.caches.local_file.files import read_entry, read_rest, unlink_quietly, write_temporary
+from grove.caches.local_file.files import (
+    read_descriptor,
+    read_entry,
+    unlink_quietly,
+    write_temporary,
+)
 from grove.caches.local_file.framing import MAGIC, MalformedFrameError, decode, encode, split_frame
 from grove.caches.local_file.names import SUFFIX, EntryPath, encode_components, plain_entry
 from grove.caches.local_file.settings import Configuration, CorruptEntryError
@@ -107,9 +111,7 @@ from grove.exceptions import AccessException
 
 __all__ = ["Handler"]
 
-# Bound once: the read path is short enough that attribute lookups show in its cost.
-_os_read = os.read
-_os_close = os.close
+# Bound once: the locked paths are short enough that attribute lookups show in their cost.
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 
@@ -271,14 +273,7 @@ class Handler(ExpiringCache, Listing, CreatingStorage, Maintaining):
                 if code == errno.ENOENT:
                     return self._absent()
                 raise diagnose(self._root, path, code)
-            try:
-                data = _os_read(descriptor, READ_CHUNK)
-                if len(data) == READ_CHUNK or not data:
-                    data = read_rest(descriptor, data, path)
-            except OSError as exc:
-                raise named(exc, path) from None
-            finally:
-                _os_close(descriptor)
+            data = read_descriptor(descriptor, path)  # and closes it
         else:
             found = self._read_slowly(pk, sk)
             if found is None:
